@@ -1,0 +1,324 @@
+//! Upstream S3 backend: one API bucket maps to one real bucket (optionally renamed by
+//! `alias`, resolved by the engine), same key names as the filesystem backend, metadata as
+//! `x-amz-meta-dg-*`. The proxy signs its own requests with the backend credentials.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream as AwsByteStream;
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+
+use super::{Backend, ByteStream, PutData, StoredObject};
+use crate::error::ProxyError;
+use crate::meta::{FileMetadata, REFERENCE_NAME};
+
+pub struct S3Backend {
+    client: Client,
+    spool: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct S3BackendConfig {
+    pub endpoint: String,
+    pub region: String,
+    pub path_style: bool,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+fn be<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
+    e: SdkError<E, R>,
+) -> ProxyError {
+    let code = e.code().map(str::to_string);
+    match code.as_deref() {
+        Some("NoSuchBucket") => ProxyError::NoSuchBucket,
+        Some("NoSuchKey") | Some("NotFound") => ProxyError::NoSuchKey,
+        Some("BucketAlreadyExists") | Some("BucketAlreadyOwnedByYou") => ProxyError::BucketExists,
+        Some("BucketNotEmpty") => ProxyError::BucketNotEmpty,
+        _ => ProxyError::Backend(format!(
+            "{}: {}",
+            code.unwrap_or_default(),
+            e.message().unwrap_or("upstream error")
+        )),
+    }
+}
+
+fn status_of<E, R>(e: &SdkError<E, R>) -> Option<u16>
+where
+    R: HasStatus,
+{
+    match e {
+        SdkError::ServiceError(se) => Some(se.raw().status_code()),
+        _ => None,
+    }
+}
+
+trait HasStatus {
+    fn status_code(&self) -> u16;
+}
+impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+fn to_chrono(t: Option<&aws_sdk_s3::primitives::DateTime>) -> DateTime<Utc> {
+    t.and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos()))
+        .unwrap_or_else(Utc::now)
+}
+
+impl S3Backend {
+    pub fn new(cfg: &S3BackendConfig, spool: PathBuf) -> Result<Self, ProxyError> {
+        std::fs::create_dir_all(&spool)?;
+        let creds = Credentials::new(
+            &cfg.access_key_id,
+            &cfg.secret_access_key,
+            None,
+            None,
+            "deltaglider-proxy",
+        );
+        let conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .credentials_provider(creds)
+            .region(Region::new(cfg.region.clone()))
+            .endpoint_url(&cfg.endpoint)
+            .force_path_style(cfg.path_style)
+            .build();
+        Ok(S3Backend {
+            client: Client::from_conf(conf),
+            spool,
+        })
+    }
+
+    fn ref_key_for(key: &str) -> Option<String> {
+        // The Python CLI resolves `dg-ref-key` relative to the bucket.
+        if !key.ends_with(crate::meta::DELTA_SUFFIX) {
+            return None;
+        }
+        Some(match key.rsplit_once('/') {
+            Some((p, _)) => format!("{p}/{REFERENCE_NAME}"),
+            None => REFERENCE_NAME.to_string(),
+        })
+    }
+
+    async fn head_meta(&self, bucket: &str, key: &str) -> Result<Option<StoredObject>, ProxyError> {
+        match self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(h) => {
+                let m: BTreeMap<String, String> = h
+                    .metadata()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let meta = FileMetadata::from_bare_map(&m, h.content_type().map(str::to_string));
+                Ok(Some(StoredObject {
+                    key: key.to_string(),
+                    size: h.content_length().unwrap_or(0).max(0) as u64,
+                    last_modified: to_chrono(h.last_modified()),
+                    etag: h.e_tag().map(|e| e.trim_matches('"').to_string()),
+                    meta,
+                }))
+            }
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(be(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for S3Backend {
+    fn kind(&self) -> &'static str {
+        "s3"
+    }
+
+    async fn create_bucket(&self, bucket: &str) -> Result<(), ProxyError> {
+        self.client
+            .create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(be)?;
+        Ok(())
+    }
+
+    async fn delete_bucket(&self, bucket: &str) -> Result<(), ProxyError> {
+        if !self.list(bucket, "", false).await?.is_empty() {
+            return Err(ProxyError::BucketNotEmpty);
+        }
+        self.client
+            .delete_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(be)?;
+        Ok(())
+    }
+
+    async fn bucket_exists(&self, bucket: &str) -> Result<bool, ProxyError> {
+        match self.client.head_bucket().bucket(bucket).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if status_of(&e) == Some(404) => Ok(false),
+            Err(e) => Err(be(e)),
+        }
+    }
+
+    async fn list_buckets(&self) -> Result<Vec<(String, DateTime<Utc>)>, ProxyError> {
+        let out = self.client.list_buckets().send().await.map_err(be)?;
+        Ok(out
+            .buckets()
+            .iter()
+            .filter_map(|b| Some((b.name()?.to_string(), to_chrono(b.creation_date()))))
+            .collect())
+    }
+
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        data: PutData,
+        meta: &FileMetadata,
+    ) -> Result<(), ProxyError> {
+        let ref_key = Self::ref_key_for(key);
+        let bare = meta.to_bare_map(ref_key.as_deref());
+        let (body, tmp) = match data {
+            PutData::Bytes(b) => (AwsByteStream::from(b), None),
+            PutData::File(p) => (
+                AwsByteStream::from_path(&p)
+                    .await
+                    .map_err(|e| ProxyError::Internal(e.to_string()))?,
+                Some(p),
+            ),
+        };
+        let mut req = self.client.put_object().bucket(bucket).key(key).body(body);
+        for (k, v) in bare {
+            req = req.metadata(k, v);
+        }
+        if let Some(ct) = &meta.content_type {
+            req = req.content_type(ct);
+        }
+        let res = req.send().await.map_err(be);
+        if let Some(p) = tmp {
+            let _ = tokio::fs::remove_file(p).await;
+        }
+        res.map(|_| ())
+    }
+
+    async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Bytes, ProxyError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(be)?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| ProxyError::Backend(e.to_string()))?;
+        Ok(data.into_bytes())
+    }
+
+    async fn get_stream(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<ByteStream, ProxyError> {
+        let mut req = self.client.get_object().bucket(bucket).key(key);
+        if let Some(r) = &range {
+            if r.end <= r.start {
+                return Ok(Box::pin(futures::stream::empty()));
+            }
+            req = req.range(format!("bytes={}-{}", r.start, r.end - 1));
+        }
+        let out = req.send().await.map_err(be)?;
+        let s = out.body.into_async_read();
+        let stream = tokio_util::io::ReaderStream::with_capacity(s, 256 * 1024);
+        Ok(Box::pin(stream.map_err(std::io::Error::other)))
+    }
+
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<StoredObject>, ProxyError> {
+        self.head_meta(bucket, key).await
+    }
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), ProxyError> {
+        self.client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(be)?;
+        Ok(())
+    }
+
+    async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        with_meta: bool,
+    ) -> Result<Vec<StoredObject>, ProxyError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut req = self.client.list_objects_v2().bucket(bucket).prefix(prefix);
+            if let Some(t) = &token {
+                req = req.continuation_token(t);
+            }
+            let page = req.send().await.map_err(be)?;
+            for o in page.contents() {
+                let Some(k) = o.key() else { continue };
+                out.push(StoredObject {
+                    key: k.to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    last_modified: to_chrono(o.last_modified()),
+                    etag: o.e_tag().map(|e| e.trim_matches('"').to_string()),
+                    meta: None,
+                });
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        if !with_meta {
+            return Ok(out);
+        }
+        // The listing carries no user metadata: fetch it with bounded-parallel HEADs
+        // (sizes of deltas, ETags and timestamps come from it).
+        let heads: Vec<_> = futures::stream::iter(out.into_iter().map(|o| async move {
+            match self.head_meta(bucket, &o.key).await {
+                Ok(Some(h)) => StoredObject { meta: h.meta, ..o },
+                _ => o,
+            }
+        }))
+        .buffered(16)
+        .collect()
+        .await;
+        let mut heads = heads;
+        heads.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(heads)
+    }
+
+    fn spool_dir(&self) -> PathBuf {
+        self.spool.clone()
+    }
+}

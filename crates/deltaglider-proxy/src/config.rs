@@ -1,0 +1,330 @@
+//! Configuration: the optional YAML file (`DGP_CONFIG`, then `./deltaglider_proxy.yaml`)
+//! and the `DGP_*` environment variables, which win over the file. Parsed once at start-up
+//! into [`Config`]; a bad value stops start-up naming the variable.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use scai_core::config as env;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ProxyError;
+use crate::iam::{GroupSpec, UserSpec};
+use crate::meta::Codec;
+
+/// `storage.buckets.<name>`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BucketPolicy {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compression: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_delta_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    pub public_prefixes: Vec<String>,
+    pub public: bool,
+}
+
+/// One named backend (`storage.backends[]`, or the singleton `storage.backend`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BackendSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub path: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: Option<bool>,
+    pub access_key_id: Option<String>,
+    #[serde(skip_serializing)]
+    pub secret_access_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StorageSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(skip_serializing)]
+    pub secret_access_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub force_path_style: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_backend: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<BackendSpec>,
+    pub buckets: BTreeMap<String, BucketPolicy>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AccessSection {
+    pub iam_mode: Option<String>,
+    pub authentication: Option<String>,
+    pub access_key_id: Option<String>,
+    #[serde(skip_serializing)]
+    pub secret_access_key: Option<String>,
+    pub iam_users: Vec<UserSpec>,
+    pub iam_groups: Vec<GroupSpec>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdvancedSection {
+    pub listen_addr: Option<String>,
+    pub cache_size_mb: Option<u64>,
+    pub codec_concurrency: Option<usize>,
+    pub max_delta_ratio: Option<f64>,
+    pub max_object_size: Option<u64>,
+}
+
+/// The YAML file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FileConfig {
+    pub access: AccessSection,
+    pub storage: StorageSection,
+    pub advanced: AdvancedSection,
+}
+
+/// Effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_addr: String,
+    pub data_dir: PathBuf,
+    pub max_multipart_uploads: usize,
+    pub audit_ring_size: usize,
+    pub debug_headers: bool,
+    pub max_delta_ratio: f64,
+    pub max_object_size: u64,
+    pub cache_mb: u64,
+    pub codec_concurrency: usize,
+    pub codec_timeout_secs: u64,
+    pub codec: Codec,
+    pub clock_skew_seconds: u32,
+    /// `DGP_AUTHENTICATION=none`: open access.
+    pub auth_none: bool,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub bootstrap_password_hash: Option<String>,
+    pub session_ttl_hours: u64,
+    pub trust_proxy_headers: bool,
+    pub iam_declarative: bool,
+    pub file: FileConfig,
+    pub config_path: Option<PathBuf>,
+}
+
+fn cfg_err(e: scai_core::config::ConfigError) -> ProxyError {
+    ProxyError::Config(e.to_string())
+}
+
+fn find_config_file() -> Option<PathBuf> {
+    if let Some(p) = env::opt_string("DGP_CONFIG") {
+        return Some(PathBuf::from(p));
+    }
+    [
+        "./deltaglider_proxy.yaml",
+        "./deltaglider_proxy.yml",
+        "/etc/deltaglider_proxy/config.yaml",
+        "/etc/deltaglider_proxy/config.yml",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+pub fn load_file(path: &Path) -> Result<FileConfig, ProxyError> {
+    if !path.exists() {
+        return Ok(FileConfig::default());
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ProxyError::Config(format!("{}: {e}", path.display())))?;
+    let fc: FileConfig = serde_yaml::from_str(&text)
+        .map_err(|e| ProxyError::Config(format!("{}: {e}", path.display())))?;
+    validate_file(&fc)?;
+    Ok(fc)
+}
+
+/// Rejects public prefixes with `..`, NUL or `//`, and `public` together with prefixes.
+pub fn validate_file(fc: &FileConfig) -> Result<(), ProxyError> {
+    for (name, b) in &fc.storage.buckets {
+        if b.public && !b.public_prefixes.is_empty() {
+            return Err(ProxyError::Config(format!(
+                "storage.buckets.{name}: set either public or public_prefixes, not both"
+            )));
+        }
+        for p in &b.public_prefixes {
+            if p.contains("..") || p.contains('\0') || p.contains("//") {
+                return Err(ProxyError::Config(format!(
+                    "storage.buckets.{name}.public_prefixes: invalid prefix {p:?}"
+                )));
+            }
+            if p.is_empty() {
+                tracing::warn!(bucket = %name, "public prefix \"\" makes the whole bucket public");
+            }
+        }
+        if let Some(r) = b.max_delta_ratio {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(ProxyError::Config(format!(
+                    "storage.buckets.{name}.max_delta_ratio must be within 0..1"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, ProxyError> {
+        let config_path = find_config_file();
+        let file = match &config_path {
+            Some(p) => load_file(p)?,
+            None => FileConfig::default(),
+        };
+        let adv = &file.advanced;
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let max_delta_ratio =
+            env::parse_or("DGP_MAX_DELTA_RATIO", adv.max_delta_ratio.unwrap_or(0.75))
+                .map_err(cfg_err)?;
+        if !(0.0..=1.0).contains(&max_delta_ratio) {
+            return Err(ProxyError::Config(
+                "DGP_MAX_DELTA_RATIO must be within 0..1".into(),
+            ));
+        }
+        let codec = match env::string_or("DGP_DELTA_CODEC", "xdelta3").as_str() {
+            "xdelta3" | "vcdiff" => Codec::Xdelta3,
+            "zstd" | "zstd-patch" => Codec::Zstd,
+            other => {
+                return Err(ProxyError::Config(format!(
+                    "DGP_DELTA_CODEC: invalid value {other:?}: expected xdelta3 or zstd"
+                )))
+            }
+        };
+        let authentication =
+            env::opt_string("DGP_AUTHENTICATION").or(file.access.authentication.clone());
+        let access_key_id =
+            env::opt_string("DGP_ACCESS_KEY_ID").or(file.access.access_key_id.clone());
+        let secret_access_key =
+            env::opt_string("DGP_SECRET_ACCESS_KEY").or(file.access.secret_access_key.clone());
+        let auth_none = authentication.as_deref() == Some("none");
+        if !auth_none
+            && (access_key_id.is_none() || secret_access_key.is_none())
+            && file.access.iam_users.is_empty()
+        {
+            return Err(ProxyError::Config(
+                "DGP_ACCESS_KEY_ID / DGP_SECRET_ACCESS_KEY are required (or DGP_AUTHENTICATION=none for open access)".into(),
+            ));
+        }
+        let codec_concurrency = env::parse_or(
+            "DGP_CODEC_CONCURRENCY",
+            adv.codec_concurrency.unwrap_or((cpus * 4).max(16)),
+        )
+        .map_err(cfg_err)?;
+        if codec_concurrency == 0 {
+            return Err(ProxyError::Config(
+                "DGP_CODEC_CONCURRENCY must be at least 1".into(),
+            ));
+        }
+        let data_dir = PathBuf::from(env::string_or(
+            "DGP_DATA_DIR",
+            file.storage.filesystem.as_deref().unwrap_or("./data"),
+        ));
+        if data_dir
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(ProxyError::Config(
+                "DGP_DATA_DIR: paths containing .. are rejected".into(),
+            ));
+        }
+        Ok(Config {
+            listen_addr: env::string_or(
+                "DGP_LISTEN_ADDR",
+                adv.listen_addr.as_deref().unwrap_or("0.0.0.0:9000"),
+            ),
+            data_dir,
+            max_multipart_uploads: env::parse_or("DGP_MAX_MULTIPART_UPLOADS", 1000usize)
+                .map_err(cfg_err)?,
+            audit_ring_size: env::parse_or("DGP_AUDIT_RING_SIZE", 500usize).map_err(cfg_err)?,
+            debug_headers: env::bool_or("DGP_DEBUG_HEADERS", false).map_err(cfg_err)?,
+            max_delta_ratio,
+            max_object_size: env::parse_or(
+                "DGP_MAX_OBJECT_SIZE",
+                adv.max_object_size.unwrap_or(104_857_600u64),
+            )
+            .map_err(cfg_err)?,
+            cache_mb: env::parse_or("DGP_CACHE_MB", adv.cache_size_mb.unwrap_or(100u64))
+                .map_err(cfg_err)?,
+            codec_concurrency,
+            codec_timeout_secs: env::parse_or("DGP_CODEC_TIMEOUT_SECS", 60u64).map_err(cfg_err)?,
+            codec,
+            clock_skew_seconds: env::parse_or("DGP_CLOCK_SKEW_SECONDS", 300u32).map_err(cfg_err)?,
+            auth_none,
+            access_key_id,
+            secret_access_key,
+            bootstrap_password_hash: env::opt_string("DGP_BOOTSTRAP_PASSWORD_HASH")
+                .or_else(|| env::opt_string("DGP_ADMIN_PASSWORD_HASH")),
+            session_ttl_hours: env::parse_or("DGP_SESSION_TTL_HOURS", 4u64).map_err(cfg_err)?,
+            trust_proxy_headers: env::bool_or("DGP_TRUST_PROXY_HEADERS", false).map_err(cfg_err)?,
+            iam_declarative: file.access.iam_mode.as_deref() == Some("declarative"),
+            file,
+            config_path,
+        })
+    }
+
+    /// The singleton S3 backend from env (`DGP_S3_ENDPOINT`) or the file, if any.
+    pub fn default_s3(&self) -> Result<Option<crate::backend::s3::S3BackendConfig>, ProxyError> {
+        let st = &self.file.storage;
+        let endpoint = env::opt_string("DGP_S3_ENDPOINT")
+            .or(st.s3.clone())
+            .or_else(|| {
+                st.backend
+                    .as_ref()
+                    .filter(|b| b.kind == "s3")
+                    .and_then(|b| b.endpoint.clone())
+            });
+        let Some(endpoint) = endpoint else {
+            return Ok(None);
+        };
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(ProxyError::Config(
+                "DGP_S3_ENDPOINT must start with http:// or https://".into(),
+            ));
+        }
+        let b = st.backend.clone().unwrap_or_default();
+        Ok(Some(crate::backend::s3::S3BackendConfig {
+            endpoint,
+            region: env::opt_string("DGP_S3_REGION")
+                .or(st.region.clone())
+                .or(b.region)
+                .unwrap_or_else(|| "us-east-1".into()),
+            path_style: env::bool_or(
+                "DGP_S3_PATH_STYLE",
+                st.force_path_style.or(b.force_path_style).unwrap_or(true),
+            )
+            .map_err(cfg_err)?,
+            access_key_id: env::opt_string("DGP_BE_AWS_ACCESS_KEY_ID")
+                .or(st.access_key_id.clone())
+                .or(b.access_key_id)
+                .unwrap_or_default(),
+            secret_access_key: env::opt_string("DGP_BE_AWS_SECRET_ACCESS_KEY")
+                .or(st.secret_access_key.clone())
+                .or(b.secret_access_key)
+                .unwrap_or_default(),
+        }))
+    }
+}

@@ -1,0 +1,826 @@
+//! The delta engine: per-deltaspace references, the delta/passthrough decision, transparent
+//! reconstruction with SHA-256 verification, LIST that hides internals, and deletes that
+//! never break another object's reconstruction. Backend-agnostic; buckets are routed to a
+//! backend (and renamed by `alias`) here.
+
+pub mod cache;
+pub mod codec;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use md5::Digest as _;
+use parking_lot::{Mutex, RwLock};
+use sha2::Sha256;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
+
+use crate::backend::{Backend, ByteStream, PutData, StoredObject};
+use crate::config::BucketPolicy;
+use crate::error::ProxyError;
+use crate::meta::{self, Codec, FileMetadata, Note, DELTA_SUFFIX, REFERENCE_NAME};
+use cache::RefCache;
+
+/// Delta-eligible suffixes (case-insensitive). Whole-stream compressed formats (tgz,
+/// tar.gz/bz2/xz, rar, 7z) are left out, as in the current upstream: they do not delta.
+pub const DELTA_EXTENSIONS: &[&str] = &[
+    ".zip", ".tar", ".jar", ".war", ".ear", ".dmg", ".iso", ".sql", ".dump", ".bak", ".backup",
+];
+
+/// A request body spooled to a temp file, with its digests.
+pub struct Spooled {
+    pub path: PathBuf,
+    pub size: u64,
+    pub sha256: String,
+    pub md5: String,
+}
+
+#[derive(Default, Clone)]
+pub struct PutOptions {
+    pub content_type: Option<String>,
+    pub user_metadata: BTreeMap<String, String>,
+    pub multipart_etag: Option<String>,
+}
+
+/// A user-visible object as LIST shows it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+    pub last_modified: DateTime<Utc>,
+}
+
+pub struct ListPage {
+    pub objects: Vec<Entry>,
+    pub common_prefixes: Vec<String>,
+    pub truncated: bool,
+    pub next_marker: Option<String>,
+}
+
+/// Where an object lives and how it is stored.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub meta: FileMetadata,
+    pub physical_key: String,
+    pub stored_size: u64,
+    pub last_modified: DateTime<Utc>,
+}
+
+impl Resolved {
+    pub fn storage_type(&self) -> &'static str {
+        if self.physical_key.ends_with('/') {
+            "directory"
+        } else {
+            self.meta.note().as_str()
+        }
+    }
+}
+
+/// The body of a GET.
+pub enum Body {
+    Bytes(Bytes),
+    Stream(ByteStream),
+}
+
+pub struct EngineConfig {
+    pub max_delta_ratio: f64,
+    pub max_object_size: u64,
+    pub cache_bytes: u64,
+    pub codec_concurrency: usize,
+    pub codec_timeout: Duration,
+    pub codec: Codec,
+}
+
+/// Serialises "has reference? → put reference → put delta" per deltaspace.
+type SpaceLock = Arc<tokio::sync::Mutex<()>>;
+
+pub struct Engine {
+    backends: HashMap<String, Arc<dyn Backend>>,
+    default_backend: String,
+    pub policies: RwLock<BTreeMap<String, BucketPolicy>>,
+    pub cache: RefCache,
+    codec_sem: Arc<Semaphore>,
+    locks: Mutex<HashMap<(String, String), SpaceLock>>,
+    pub cfg: EngineConfig,
+}
+
+/// Splits a key into (deltaspace prefix, file name).
+pub fn split_key(key: &str) -> (&str, &str) {
+    key.rsplit_once('/').unwrap_or(("", key))
+}
+
+fn ref_key(prefix: &str) -> String {
+    if prefix.is_empty() {
+        REFERENCE_NAME.to_string()
+    } else {
+        format!("{prefix}/{REFERENCE_NAME}")
+    }
+}
+
+fn hex_sha256(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// Rejects reserved and unsafe keys.
+pub fn validate_key(key: &str) -> Result<(), ProxyError> {
+    if key.is_empty() || key.len() > 1024 {
+        return Err(ProxyError::InvalidKey("key must be 1..1024 bytes".into()));
+    }
+    if key.contains('\0') || key.contains('\\') {
+        return Err(ProxyError::InvalidKey(
+            "key contains NUL or backslash".into(),
+        ));
+    }
+    let trimmed = key.strip_suffix('/').unwrap_or(key);
+    for seg in trimmed.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err(ProxyError::InvalidKey(
+                "key has an empty, . or .. segment".into(),
+            ));
+        }
+    }
+    if !key.ends_with('/') {
+        let (_, name) = split_key(key);
+        if name == REFERENCE_NAME || name.ends_with(DELTA_SUFFIX) {
+            return Err(ProxyError::InvalidKey(format!(
+                "{name:?} is reserved for DeltaGlider internals"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn is_eligible_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    DELTA_EXTENSIONS.iter().any(|e| lower.ends_with(e))
+}
+
+/// Writes a byte stream to a fresh temp file in `dir`, hashing as it goes.
+pub async fn spool<S, E>(dir: &std::path::Path, mut stream: S) -> Result<Spooled, ProxyError>
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    tokio::fs::create_dir_all(dir).await?;
+    let path = dir.join(format!("up-{}", uuid::Uuid::new_v4()));
+    let mut f = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(&path).await?);
+    let mut sha = Sha256::new();
+    let mut md5 = md5::Md5::new();
+    let mut size = 0u64;
+    let res: Result<(), ProxyError> = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| ProxyError::InvalidArgument(format!("request body: {e}")))?;
+            sha.update(&chunk);
+            md5.update(&chunk);
+            size += chunk.len() as u64;
+            f.write_all(&chunk).await?;
+        }
+        f.flush().await?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = res {
+        let _ = tokio::fs::remove_file(&path).await;
+        return Err(e);
+    }
+    Ok(Spooled {
+        path,
+        size,
+        sha256: hex::encode(sha.finalize()),
+        md5: hex::encode(md5.finalize()),
+    })
+}
+
+impl Engine {
+    pub fn new(
+        backends: HashMap<String, Arc<dyn Backend>>,
+        default_backend: String,
+        policies: BTreeMap<String, BucketPolicy>,
+        cfg: EngineConfig,
+    ) -> Self {
+        metrics::gauge!("deltaglider_codec_semaphore_available").set(cfg.codec_concurrency as f64);
+        Engine {
+            backends,
+            default_backend,
+            policies: RwLock::new(policies),
+            cache: RefCache::new(cfg.cache_bytes),
+            codec_sem: Arc::new(Semaphore::new(cfg.codec_concurrency)),
+            locks: Mutex::new(HashMap::new()),
+            cfg,
+        }
+    }
+
+    pub fn backend_kind(&self) -> &'static str {
+        self.backends
+            .get(&self.default_backend)
+            .map(|b| b.kind())
+            .unwrap_or("unknown")
+    }
+
+    /// The backend a bucket is routed to, and the bucket's real name there.
+    pub fn route(&self, bucket: &str) -> (Arc<dyn Backend>, String) {
+        let pol = self
+            .policies
+            .read()
+            .get(bucket)
+            .cloned()
+            .unwrap_or_default();
+        let be = pol
+            .backend
+            .as_ref()
+            .and_then(|n| self.backends.get(n))
+            .or_else(|| self.backends.get(&self.default_backend))
+            .cloned()
+            .or_else(|| self.backends.values().next().cloned())
+            .expect("at least one backend is configured");
+        (be, pol.alias.unwrap_or_else(|| bucket.to_string()))
+    }
+
+    pub fn spool_dir(&self, bucket: &str) -> PathBuf {
+        self.route(bucket).0.spool_dir()
+    }
+
+    fn policy(&self, bucket: &str) -> BucketPolicy {
+        self.policies
+            .read()
+            .get(bucket)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    async fn lock_space(&self, bucket: &str, prefix: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = self
+            .locks
+            .lock()
+            .entry((bucket.to_string(), prefix.to_string()))
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone();
+        m.lock_owned().await
+    }
+
+    async fn codec_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ProxyError> {
+        let p = self
+            .codec_sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ProxyError::Internal(e.to_string()))?;
+        metrics::gauge!("deltaglider_codec_semaphore_available")
+            .set(self.codec_sem.available_permits() as f64);
+        Ok(p)
+    }
+
+    fn release_gauge(&self) {
+        metrics::gauge!("deltaglider_codec_semaphore_available")
+            .set(self.codec_sem.available_permits() as f64);
+    }
+
+    pub async fn create_bucket(&self, bucket: &str) -> Result<(), ProxyError> {
+        let (be, real) = self.route(bucket);
+        be.create_bucket(&real).await
+    }
+
+    pub async fn delete_bucket(&self, bucket: &str) -> Result<(), ProxyError> {
+        let (be, real) = self.route(bucket);
+        be.delete_bucket(&real).await
+    }
+
+    pub async fn bucket_exists(&self, bucket: &str) -> Result<bool, ProxyError> {
+        let (be, real) = self.route(bucket);
+        be.bucket_exists(&real).await
+    }
+
+    /// Buckets of every backend, under their virtual names.
+    pub async fn list_buckets(&self) -> Result<Vec<(String, DateTime<Utc>)>, ProxyError> {
+        let mut out = BTreeMap::new();
+        let aliases: HashMap<String, String> = self
+            .policies
+            .read()
+            .iter()
+            .filter_map(|(k, v)| v.alias.clone().map(|a| (a, k.clone())))
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for be in self.backends.values() {
+            if !seen.insert(Arc::as_ptr(be) as *const () as usize) {
+                continue;
+            }
+            for (name, t) in be.list_buckets().await? {
+                let name = aliases.get(&name).cloned().unwrap_or(name);
+                out.insert(name, t);
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    async fn require_bucket(&self, be: &Arc<dyn Backend>, real: &str) -> Result<(), ProxyError> {
+        if be.bucket_exists(real).await? {
+            Ok(())
+        } else {
+            Err(ProxyError::NoSuchBucket)
+        }
+    }
+
+    /// Stores an upload: delta against the deltaspace reference when eligible and worth it,
+    /// passthrough otherwise. The spooled file is consumed.
+    pub async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        up: Spooled,
+        opts: PutOptions,
+    ) -> Result<FileMetadata, ProxyError> {
+        let res = self.put_inner(bucket, key, &up, opts).await;
+        let _ = tokio::fs::remove_file(&up.path).await;
+        res
+    }
+
+    async fn put_inner(
+        &self,
+        bucket: &str,
+        key: &str,
+        up: &Spooled,
+        opts: PutOptions,
+    ) -> Result<FileMetadata, ProxyError> {
+        validate_key(key)?;
+        let (be, real) = self.route(bucket);
+        self.require_bucket(&be, &real).await?;
+        let (prefix, name) = split_key(key);
+        let mut meta = FileMetadata {
+            tool: meta::TOOL.into(),
+            original_name: name.to_string(),
+            file_sha256: up.sha256.clone(),
+            file_size: up.size,
+            md5: Some(up.md5.clone()),
+            multipart_etag: opts.multipart_etag.clone(),
+            created_at: meta::now_timestamp(),
+            content_type: opts.content_type.clone(),
+            note: Note::Passthrough.as_str().into(),
+            user_metadata: opts.user_metadata.clone(),
+            ..Default::default()
+        };
+        if key.ends_with('/') {
+            if up.size != 0 {
+                return Err(ProxyError::InvalidKey(
+                    "a key ending in / is a directory marker and must be empty".into(),
+                ));
+            }
+            meta.content_type = Some("application/x-directory".into());
+            be.put(&real, key, PutData::Bytes(Bytes::new()), &meta)
+                .await?;
+            return Ok(meta);
+        }
+        let pol = self.policy(bucket);
+        let ratio_limit = pol.max_delta_ratio.unwrap_or(self.cfg.max_delta_ratio);
+        let eligible = pol.compression.unwrap_or(true)
+            && is_eligible_name(name)
+            && up.size > 0
+            && up.size <= self.cfg.max_object_size;
+        let delta_key = format!("{key}{DELTA_SUFFIX}");
+        let _guard = self.lock_space(&real, prefix).await;
+
+        if eligible {
+            let data = Bytes::from(tokio::fs::read(&up.path).await?);
+            let rkey = ref_key(prefix);
+            let (reference, ref_sha, created_ref) = match be.head(&real, &rkey).await? {
+                Some(obj) => {
+                    let ref_meta = obj.meta.clone().unwrap_or_default();
+                    let r = self
+                        .load_reference(&be, &real, prefix, Some(&ref_meta.file_sha256))
+                        .await?;
+                    (r, ref_meta.file_sha256, false)
+                }
+                None => {
+                    let rmeta = FileMetadata {
+                        note: Note::Reference.as_str().into(),
+                        source_name: Some(key.to_string()),
+                        original_name: REFERENCE_NAME.into(),
+                        content_type: None,
+                        user_metadata: BTreeMap::new(),
+                        multipart_etag: None,
+                        ..meta.clone()
+                    };
+                    be.put(&real, &rkey, PutData::Bytes(data.clone()), &rmeta)
+                        .await?;
+                    self.cache.put(&real, prefix, &up.sha256, data.clone());
+                    (data.clone(), up.sha256.clone(), true)
+                }
+            };
+            let codec = self.cfg.codec;
+            let permit = self.codec_permit().await?;
+            let t0 = Instant::now();
+            let enc = codec::encode(codec, &reference, &data, self.cfg.codec_timeout).await;
+            drop(permit);
+            self.release_gauge();
+            metrics::histogram!("deltaglider_delta_encode_duration_seconds")
+                .record(t0.elapsed().as_secs_f64());
+            let delta = enc?;
+            let ratio = delta.len() as f64 / up.size as f64;
+            metrics::histogram!("deltaglider_delta_compression_ratio").record(ratio);
+            tracing::debug!(
+                bucket,
+                key,
+                ratio,
+                delta_size = delta.len(),
+                size = up.size,
+                codec = codec.as_str(),
+                "delta encoded"
+            );
+            if ratio < ratio_limit {
+                let dmeta = FileMetadata {
+                    note: Note::Delta.as_str().into(),
+                    ref_path: Some(REFERENCE_NAME.into()),
+                    ref_sha256: Some(ref_sha),
+                    delta_size: Some(delta.len() as u64),
+                    delta_cmd: Some(match codec {
+                        Codec::Xdelta3 => {
+                            format!("xdelta3 -e -9 -s reference.bin {name} {name}.delta")
+                        }
+                        Codec::Zstd => {
+                            format!("zstd --patch-from=reference.bin {name} -o {name}.delta")
+                        }
+                    }),
+                    delta_codec: (codec == Codec::Zstd).then(|| codec.as_str().to_string()),
+                    ..meta.clone()
+                };
+                let saved = up.size.saturating_sub(delta.len() as u64);
+                be.put(
+                    &real,
+                    &delta_key,
+                    PutData::Bytes(Bytes::from(delta)),
+                    &dmeta,
+                )
+                .await?;
+                // The new form is durable: drop a stale passthrough copy so it never shadows.
+                be.delete(&real, key).await?;
+                metrics::counter!("deltaglider_delta_decisions_total", "decision" => if created_ref { "reference" } else { "delta" }).increment(1);
+                metrics::counter!("deltaglider_delta_bytes_saved_total").increment(saved);
+                tracing::info!(
+                    bucket,
+                    key,
+                    decision = if created_ref { "reference" } else { "delta" },
+                    ratio,
+                    "object stored"
+                );
+                return Ok(dmeta);
+            }
+            if created_ref {
+                be.delete(&real, &rkey).await?;
+                self.cache.evict(&real, prefix);
+            }
+        }
+        be.put(
+            &real,
+            key,
+            PutData::File(self.copy_for_backend(up).await?),
+            &meta,
+        )
+        .await?;
+        let had_delta = be.head(&real, &delta_key).await?.is_some();
+        if had_delta {
+            be.delete(&real, &delta_key).await?;
+            self.cleanup_space(&be, &real, prefix).await?;
+        }
+        metrics::counter!("deltaglider_delta_decisions_total", "decision" => "passthrough")
+            .increment(1);
+        tracing::info!(
+            bucket,
+            key,
+            decision = "passthrough",
+            size = up.size,
+            "object stored"
+        );
+        Ok(meta)
+    }
+
+    /// The backend consumes (renames) the file it is given; hand it the spool file itself.
+    async fn copy_for_backend(&self, up: &Spooled) -> Result<PathBuf, ProxyError> {
+        let p = up.path.with_extension("put");
+        tokio::fs::rename(&up.path, &p).await?;
+        Ok(p)
+    }
+
+    async fn load_reference(
+        &self,
+        be: &Arc<dyn Backend>,
+        real: &str,
+        prefix: &str,
+        sha: Option<&str>,
+    ) -> Result<Bytes, ProxyError> {
+        if let Some(b) = self.cache.get(real, prefix, sha) {
+            return Ok(b);
+        }
+        let data = be
+            .get_bytes(real, &ref_key(prefix))
+            .await
+            .map_err(|e| match e {
+                ProxyError::NoSuchKey => {
+                    ProxyError::Integrity(format!("reference {} is missing", ref_key(prefix)))
+                }
+                e => e,
+            })?;
+        let actual = hex_sha256(&data);
+        if let Some(want) = sha {
+            if actual != want {
+                return Err(ProxyError::Integrity(format!(
+                    "reference {} has SHA-256 {actual}, expected {want}",
+                    ref_key(prefix)
+                )));
+            }
+        }
+        self.cache.put(real, prefix, &actual, data.clone());
+        Ok(data)
+    }
+
+    /// Finds the stored form of a user key (delta or passthrough; the newest if both).
+    pub async fn resolve(&self, bucket: &str, key: &str) -> Result<Resolved, ProxyError> {
+        let (be, real) = self.route(bucket);
+        if validate_key(key).is_err() {
+            return Err(ProxyError::NoSuchKey);
+        }
+        let delta_key = format!("{key}{DELTA_SUFFIX}");
+        let (d, p) = if key.ends_with('/') {
+            (None, be.head(&real, key).await?)
+        } else {
+            futures::try_join!(be.head(&real, &delta_key), be.head(&real, key))?
+        };
+        let from = |o: StoredObject| -> Resolved {
+            let meta = o.meta.clone().unwrap_or_else(|| FileMetadata {
+                tool: "unmanaged".into(),
+                original_name: split_key(key).1.into(),
+                file_sha256: String::new(),
+                file_size: o.size,
+                md5: o.etag.clone(),
+                created_at: meta::format_rfc3339(o.last_modified),
+                note: "passthrough".into(),
+                ..Default::default()
+            });
+            let last_modified = meta.created().unwrap_or(o.last_modified);
+            Resolved {
+                meta,
+                physical_key: o.key,
+                stored_size: o.size,
+                last_modified,
+            }
+        };
+        let res = match (d, p) {
+            (Some(d), Some(p)) => {
+                let (d, p) = (from(d), from(p));
+                if d.last_modified >= p.last_modified {
+                    d
+                } else {
+                    p
+                }
+            }
+            (Some(d), None) => from(d),
+            (None, Some(p)) => from(p),
+            (None, None) => {
+                self.require_bucket(&be, &real).await?;
+                return Err(ProxyError::NoSuchKey);
+            }
+        };
+        Ok(res)
+    }
+
+    /// Reads an object; `range` is already checked against the original size.
+    pub async fn get(
+        &self,
+        bucket: &str,
+        r: &Resolved,
+        range: Option<Range<u64>>,
+    ) -> Result<(Body, bool), ProxyError> {
+        let (be, real) = self.route(bucket);
+        if r.physical_key.ends_with('/') {
+            return Ok((Body::Bytes(Bytes::new()), false));
+        }
+        if r.meta.note() != Note::Delta {
+            return Ok((
+                Body::Stream(be.get_stream(&real, &r.physical_key, range).await?),
+                false,
+            ));
+        }
+        let (prefix, _) = split_key(&r.physical_key);
+        let codec = r.meta.codec().ok_or_else(|| {
+            ProxyError::Codec(format!("unknown delta codec {:?}", r.meta.delta_codec))
+        })?;
+        let delta = be.get_bytes(&real, &r.physical_key).await?;
+        let cached = self.cache.stats().hits;
+        let reference = self
+            .load_reference(&be, &real, prefix, r.meta.ref_sha256.as_deref())
+            .await?;
+        let cache_hit = self.cache.stats().hits > cached;
+        let permit = self.codec_permit().await?;
+        let t0 = Instant::now();
+        let out = codec::decode(codec, &reference, &delta, self.cfg.codec_timeout).await;
+        drop(permit);
+        self.release_gauge();
+        metrics::histogram!("deltaglider_delta_decode_duration_seconds")
+            .record(t0.elapsed().as_secs_f64());
+        let out = out?;
+        if hex_sha256(&out) != r.meta.file_sha256 {
+            // Never serve corrupt bytes; the cached reference may be the culprit.
+            self.cache.evict(&real, prefix);
+            return Err(ProxyError::Integrity(format!(
+                "reconstructed {} does not match its SHA-256",
+                r.physical_key
+            )));
+        }
+        let out = Bytes::from(out);
+        let body = match range {
+            Some(rg) => out.slice(rg.start as usize..rg.end as usize),
+            None => out,
+        };
+        Ok((Body::Bytes(body), cache_hit))
+    }
+
+    /// Deletes a user key (both stored forms), then drops the deltaspace reference if no
+    /// delta needs it any more. A missing key is a success.
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), ProxyError> {
+        let (be, real) = self.route(bucket);
+        self.require_bucket(&be, &real).await?;
+        if key.ends_with('/') {
+            return be.delete(&real, key).await;
+        }
+        let (prefix, name) = split_key(key);
+        if name == REFERENCE_NAME || name.ends_with(DELTA_SUFFIX) {
+            return Err(ProxyError::InvalidKey(
+                "internal, cannot be deleted directly".into(),
+            ));
+        }
+        if validate_key(key).is_err() {
+            // Such a key can never have been stored: deleting it is a no-op success.
+            return Ok(());
+        }
+        let _g = self.lock_space(&real, prefix).await;
+        let delta_key = format!("{key}{DELTA_SUFFIX}");
+        be.delete(&real, &delta_key).await?;
+        be.delete(&real, key).await?;
+        self.cleanup_space(&be, &real, prefix).await
+    }
+
+    /// Deletes `reference.bin` when no delta in the deltaspace remains (storage first, then
+    /// cache). Called with the deltaspace lock held.
+    async fn cleanup_space(
+        &self,
+        be: &Arc<dyn Backend>,
+        real: &str,
+        prefix: &str,
+    ) -> Result<(), ProxyError> {
+        let list_prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        let objs = be.list(real, &list_prefix, false).await?;
+        let any_delta = objs.iter().any(|o| {
+            let rest = &o.key[list_prefix.len()..];
+            !rest.contains('/') && rest.ends_with(DELTA_SUFFIX)
+        });
+        let rkey = ref_key(prefix);
+        if !any_delta && objs.iter().any(|o| o.key == rkey) {
+            be.delete(real, &rkey).await?;
+            self.cache.evict(real, prefix);
+            tracing::debug!(
+                bucket = real,
+                deltaspace = prefix,
+                "last object gone: reference deleted"
+            );
+        }
+        Ok(())
+    }
+
+    /// Lists user-visible objects: references dropped, `X.delta` shown as `X`, duplicates
+    /// collapsed (newest wins), sizes and ETags of the originals.
+    pub async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        start_after: Option<&str>,
+        max_keys: usize,
+        visible: &(dyn Fn(&str) -> bool + Send + Sync),
+    ) -> Result<ListPage, ProxyError> {
+        let (be, real) = self.route(bucket);
+        self.require_bucket(&be, &real).await?;
+        let stored = be.list(&real, prefix, true).await?;
+        let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+        for o in stored {
+            let (_, name) = split_key(o.key.trim_end_matches('/'));
+            if name == REFERENCE_NAME && !o.key.ends_with('/') {
+                continue;
+            }
+            let user_key = o
+                .key
+                .strip_suffix(DELTA_SUFFIX)
+                .unwrap_or(&o.key)
+                .to_string();
+            if !user_key.starts_with(prefix) {
+                continue;
+            }
+            let (size, etag, lm) = match &o.meta {
+                Some(m) => (
+                    m.file_size,
+                    m.etag(),
+                    m.created().unwrap_or(o.last_modified),
+                ),
+                None => (o.size, o.etag.clone().unwrap_or_default(), o.last_modified),
+            };
+            let e = Entry {
+                key: user_key.clone(),
+                size,
+                etag,
+                last_modified: lm,
+            };
+            match entries.get(&user_key) {
+                Some(old) if old.last_modified > lm => {}
+                _ => {
+                    entries.insert(user_key, e);
+                }
+            }
+        }
+        let mut page = ListPage {
+            objects: vec![],
+            common_prefixes: vec![],
+            truncated: false,
+            next_marker: None,
+        };
+        let mut count = 0usize;
+        let mut last_cp: Option<String> = None;
+        for (k, e) in entries {
+            if let Some(sa) = start_after {
+                if k.as_str() <= sa {
+                    continue;
+                }
+                if delimiter.is_some_and(|d| sa.ends_with(d)) && k.starts_with(sa) {
+                    continue;
+                }
+            }
+            if !visible(&k) {
+                continue;
+            }
+            let cp = delimiter.filter(|d| !d.is_empty()).and_then(|d| {
+                let rest = &k[prefix.len()..];
+                rest.find(d)
+                    .map(|i| format!("{prefix}{}", &rest[..i + d.len()]))
+            });
+            if let Some(cp) = &cp {
+                if last_cp.as_deref() == Some(cp.as_str()) {
+                    continue;
+                }
+            }
+            if count >= max_keys {
+                page.truncated = true;
+                break;
+            }
+            count += 1;
+            match cp {
+                Some(cp) => {
+                    page.next_marker = Some(cp.clone());
+                    page.common_prefixes.push(cp.clone());
+                    last_cp = Some(cp);
+                }
+                None => {
+                    page.next_marker = Some(k.clone());
+                    page.objects.push(e);
+                }
+            }
+        }
+        if !page.truncated {
+            page.next_marker = None;
+        }
+        Ok(page)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_validated() {
+        assert!(validate_key("a/b.zip").is_ok());
+        assert!(validate_key("a/").is_ok());
+        assert!(validate_key("a/reference.bin").is_err());
+        assert!(validate_key("a/x.delta").is_err());
+        assert!(validate_key("a/../b").is_err());
+        assert!(validate_key("a//b").is_err());
+        assert!(validate_key("").is_err());
+    }
+
+    #[test]
+    fn eligibility_by_suffix() {
+        assert!(is_eligible_name("X.ZIP"));
+        assert!(is_eligible_name("db.sql"));
+        assert!(!is_eligible_name("a.tar.gz"));
+        assert!(!is_eligible_name("a.png"));
+        assert_eq!(split_key("a/b/c.zip"), ("a/b", "c.zip"));
+        assert_eq!(split_key("c.zip"), ("", "c.zip"));
+    }
+}

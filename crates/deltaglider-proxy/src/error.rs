@@ -1,0 +1,80 @@
+//! The crate's one error type and its single mapping to S3 XML errors.
+
+use s3s::{S3Error, S3ErrorCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("The specified bucket does not exist")]
+    NoSuchBucket,
+    #[error("The specified key does not exist.")]
+    NoSuchKey,
+    #[error("The requested bucket name is not available")]
+    BucketExists,
+    #[error("The bucket you tried to delete is not empty")]
+    BucketNotEmpty,
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("The specified upload does not exist")]
+    NoSuchUpload,
+    #[error("invalid part: {0}")]
+    InvalidPart(String),
+    #[error("too many multipart uploads in flight")]
+    TooManyUploads,
+    #[error("At least one of the pre-conditions you specified did not hold")]
+    PreconditionFailed,
+    #[error("Not Modified")]
+    NotModified,
+    #[error("The requested range is not satisfiable")]
+    InvalidRange,
+    #[error("Access Denied")]
+    AccessDenied,
+    #[error("integrity check failed: {0}")]
+    Integrity(String),
+    #[error("codec error: {0}")]
+    Codec(String),
+    #[error("backend error: {0}")]
+    Backend(String),
+    #[error("io error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("startup error: {0}")]
+    Startup(String),
+    #[error("config error: {0}")]
+    Config(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<ProxyError> for S3Error {
+    fn from(e: ProxyError) -> S3Error {
+        use ProxyError::*;
+        let msg = e.to_string();
+        let code = match &e {
+            NoSuchBucket => S3ErrorCode::NoSuchBucket,
+            NoSuchKey => S3ErrorCode::NoSuchKey,
+            BucketExists => S3ErrorCode::BucketAlreadyOwnedByYou,
+            BucketNotEmpty => S3ErrorCode::BucketNotEmpty,
+            InvalidKey(_) | InvalidArgument(_) => S3ErrorCode::InvalidArgument,
+            NoSuchUpload => S3ErrorCode::NoSuchUpload,
+            InvalidPart(_) => S3ErrorCode::InvalidPart,
+            TooManyUploads => S3ErrorCode::SlowDown,
+            PreconditionFailed => S3ErrorCode::PreconditionFailed,
+            NotModified => S3ErrorCode::Custom("NotModified".into()),
+            InvalidRange => S3ErrorCode::InvalidRange,
+            AccessDenied => S3ErrorCode::AccessDenied,
+            Integrity(_) | Codec(_) | Backend(_) | Io(_) | Startup(_) | Config(_) | Internal(_) => {
+                tracing::error!(error = %msg, "request failed");
+                S3ErrorCode::InternalError
+            }
+        };
+        let mut err = S3Error::with_message(code, msg);
+        match e {
+            NotModified => err.set_status_code(http::StatusCode::NOT_MODIFIED),
+            // The proxy never answers 503 itself: 503 SlowDown always comes from upstream.
+            TooManyUploads => err.set_status_code(http::StatusCode::TOO_MANY_REQUESTS),
+            _ => {}
+        }
+        err
+    }
+}

@@ -1,0 +1,284 @@
+//! DeltaGlider Proxy: an S3-compatible proxy that stores versioned artifacts as deltas
+//! against a per-prefix reference, in the DeltaGlider storage format (filesystem with
+//! xattrs, or an upstream S3 bucket). This file wires config, backends, the engine, the S3
+//! front (s3s) and the `/_/` admin surface into one axum server.
+
+pub mod admin;
+pub mod audit;
+pub mod backend;
+pub mod bench;
+pub mod config;
+pub mod delta;
+pub mod error;
+pub mod iam;
+pub mod meta;
+pub mod multipart;
+pub mod s3;
+pub mod state;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+
+use crate::backend::fs::FsBackend;
+use crate::backend::s3::{S3Backend, S3BackendConfig};
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::delta::{Engine, EngineConfig};
+use crate::error::ProxyError;
+use crate::state::AppState;
+
+/// Builds the backends named by the config: the default (S3 if an endpoint is set, else the
+/// filesystem under `DGP_DATA_DIR`) plus every entry of `storage.backends`.
+type Backends = HashMap<String, Arc<dyn Backend>>;
+
+fn build_backends(cfg: &Config) -> Result<(Backends, String), ProxyError> {
+    let mut map: HashMap<String, Arc<dyn Backend>> = HashMap::new();
+    let spool = cfg.data_dir.join("spool");
+    for b in &cfg.file.storage.backends {
+        let be: Arc<dyn Backend> = match b.kind.as_str() {
+            "filesystem" => Arc::new(FsBackend::open(std::path::Path::new(
+                b.path.as_deref().unwrap_or("./data"),
+            ))?),
+            "s3" => {
+                let endpoint = b.endpoint.clone().ok_or_else(|| {
+                    ProxyError::Config(format!("storage.backends.{}: endpoint is required", b.name))
+                })?;
+                Arc::new(S3Backend::new(
+                    &S3BackendConfig {
+                        endpoint,
+                        region: b.region.clone().unwrap_or_else(|| "us-east-1".into()),
+                        path_style: b.force_path_style.unwrap_or(true),
+                        access_key_id: b.access_key_id.clone().unwrap_or_default(),
+                        secret_access_key: b.secret_access_key.clone().unwrap_or_default(),
+                    },
+                    spool.join(&b.name),
+                )?)
+            }
+            other => {
+                return Err(ProxyError::Config(format!(
+                    "storage.backends.{}: unknown type {other:?}",
+                    b.name
+                )))
+            }
+        };
+        map.insert(b.name.clone(), be);
+    }
+    let default = if map.is_empty() {
+        let be: Arc<dyn Backend> = match cfg.default_s3()? {
+            Some(s3) => Arc::new(S3Backend::new(&s3, spool.join("default"))?),
+            None => Arc::new(FsBackend::open(&cfg.data_dir)?),
+        };
+        map.insert("default".into(), be);
+        "default".to_string()
+    } else {
+        cfg.file
+            .storage
+            .default_backend
+            .clone()
+            .unwrap_or_else(|| cfg.file.storage.backends[0].name.clone())
+    };
+    if !map.contains_key(&default) {
+        return Err(ProxyError::Config(format!(
+            "storage.default_backend {default:?} is not a configured backend"
+        )));
+    }
+    for (bucket, pol) in &cfg.file.storage.buckets {
+        if let Some(b) = &pol.backend {
+            if !map.contains_key(b) {
+                tracing::warn!(bucket = %bucket, backend = %b, "bucket routes to an unknown backend; the default backend is used");
+            }
+        }
+    }
+    Ok((map, default))
+}
+
+/// Builds the shared state (backends, engine, IAM) from the config.
+pub async fn build_state(cfg: Config) -> Result<Arc<AppState>, ProxyError> {
+    let (backends, default) = build_backends(&cfg)?;
+    if cfg.cache_mb < 1024 {
+        tracing::warn!(
+            "[cache] In-memory reference cache is only {} MB — recommend ≥1024 MB for production",
+            cfg.cache_mb
+        );
+    }
+    if cfg.codec == meta::Codec::Xdelta3 {
+        if let Err(e) = delta::codec::probe_xdelta3().await {
+            tracing::warn!(error = %e, "xdelta3 is not usable: delta-eligible uploads will fail until it is installed");
+        }
+    }
+    let engine = Engine::new(
+        backends,
+        default,
+        cfg.file.storage.buckets.clone(),
+        EngineConfig {
+            max_delta_ratio: cfg.max_delta_ratio,
+            max_object_size: cfg.max_object_size,
+            cache_bytes: cfg.cache_mb * 1024 * 1024,
+            codec_concurrency: cfg.codec_concurrency,
+            codec_timeout: Duration::from_secs(cfg.codec_timeout_secs),
+            codec: cfg.codec,
+        },
+    );
+    let mut users = cfg.file.access.iam_users.clone();
+    if let (Some(k), Some(s)) = (&cfg.access_key_id, &cfg.secret_access_key) {
+        users.push(iam::bootstrap_user(k, s));
+    }
+    let iam = iam::Iam::new(users, cfg.file.access.iam_groups.clone());
+    let multipart =
+        multipart::Multipart::new(cfg.data_dir.join("multipart"), cfg.max_multipart_uploads);
+    metrics::gauge!("deltaglider_build_info", "version" => env!("CARGO_PKG_VERSION"), "backend_type" => engine.backend_kind()).set(1.0);
+    metrics::gauge!("process_start_time_seconds").set(chrono::Utc::now().timestamp() as f64);
+    Ok(Arc::new(AppState {
+        audit: audit::AuditRing::new(cfg.audit_ring_size),
+        sessions: admin::Sessions::new(Duration::from_secs(cfg.session_ttl_hours * 3600)),
+        engine: Arc::new(engine),
+        multipart,
+        iam,
+        cfg,
+        started: Instant::now(),
+    }))
+}
+
+/// The `operation` label: from method and path shape only (never a bucket or key).
+fn operation(method: &http::Method, path: &str) -> &'static str {
+    if let Some(rest) = path.strip_prefix("/_/") {
+        return match rest {
+            "health" => "health",
+            "stats" => "stats",
+            "metrics" => "metrics",
+            _ => "admin",
+        };
+    }
+    let trimmed = path.trim_start_matches('/');
+    let (bucket, key) = match trimmed.split_once('/') {
+        Some((b, k)) => (b, k),
+        None => (trimmed, ""),
+    };
+    use http::Method as M;
+    match (bucket.is_empty(), key.is_empty(), method) {
+        (true, _, &M::HEAD) => "head_root",
+        (true, _, _) => "list_buckets",
+        (false, true, &M::GET) => "list_objects",
+        (false, true, &M::PUT) => "create_bucket",
+        (false, true, &M::DELETE) => "delete_bucket",
+        (false, true, &M::HEAD) => "head_bucket",
+        (false, true, _) => "post_bucket",
+        (false, false, &M::GET) => "get_object",
+        (false, false, &M::PUT) => "put_object",
+        (false, false, &M::DELETE) => "delete_object",
+        (false, false, &M::HEAD) => "head_object",
+        (false, false, _) => "post_object",
+    }
+}
+
+/// HTTP metrics under the spec's names, plus auth-failure reasons that only show in the
+/// S3 error code of a 403 (bad signature, skewed clock).
+async fn http_metrics(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let op = operation(&method, req.uri().path());
+    let presigned = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.contains("X-Amz-Signature"));
+    let req_size = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<f64>().ok());
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let resp = if status == http::StatusCode::FORBIDDEN && !op.starts_with("admin") {
+        let (parts, body) = resp.into_parts();
+        let bytes = axum::body::to_bytes(body, 64 * 1024)
+            .await
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        if text.contains("<Code>SignatureDoesNotMatch</Code>")
+            || text.contains("<Code>RequestTimeTooSkewed</Code>")
+        {
+            let reason = if presigned {
+                "invalid_presigned"
+            } else {
+                "invalid_signature"
+            };
+            metrics::counter!("deltaglider_auth_failures_total", "reason" => reason).increment(1);
+            metrics::counter!("deltaglider_auth_attempts_total", "result" => "failure")
+                .increment(1);
+        }
+        Response::from_parts(parts, axum::body::Body::from(bytes))
+    } else {
+        resp
+    };
+    let m = method.as_str().to_string();
+    metrics::counter!("deltaglider_http_requests_total", "method" => m.clone(), "status" => status.as_u16().to_string(), "operation" => op).increment(1);
+    metrics::histogram!("deltaglider_http_request_duration_seconds", "method" => m.clone(), "operation" => op).record(start.elapsed().as_secs_f64());
+    if let Some(sz) = req_size {
+        metrics::histogram!("deltaglider_http_request_size_bytes", "method" => m.clone())
+            .record(sz);
+    }
+    if let Some(sz) = resp
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        metrics::histogram!("deltaglider_http_response_size_bytes", "method" => m).record(sz);
+    }
+    resp
+}
+
+async fn handle_s3_error(err: s3s::HttpError) -> Response {
+    tracing::error!(?err, "S3 service error");
+    let mut r = Response::new(axum::body::Body::from("Internal Server Error"));
+    *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+    r
+}
+
+/// The full router: `/_/` admin surface, everything else to the S3 service.
+pub fn router(state: Arc<AppState>) -> Router {
+    let proxy = s3::Proxy {
+        state: state.clone(),
+    };
+    let mut b = s3s::service::S3ServiceBuilder::new(proxy);
+    b.set_auth(s3::auth::Auth(state.clone()));
+    b.set_access(s3::auth::Access(state.clone()));
+    let mut s3cfg = s3s::config::S3Config::default();
+    s3cfg.presigned_url_max_skew_time_secs = state.cfg.clock_skew_seconds;
+    b.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(
+        s3cfg,
+    ))));
+    let svc = axum::error_handling::HandleError::new(b.build(), handle_s3_error);
+    admin::router(state)
+        .fallback_service(svc)
+        .layer(axum::middleware::from_fn(http_metrics))
+        .layer(axum::middleware::from_fn(scai_core::request_id::layer))
+}
+
+/// Serves until the process is stopped.
+pub async fn serve(cfg: Config) -> Result<(), ProxyError> {
+    scai_core::metrics::install();
+    let addr = cfg.listen_addr.clone();
+    let state = build_state(cfg).await?;
+    let app = router(state);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| ProxyError::Startup(format!("DGP_LISTEN_ADDR {addr}: {e}")))?;
+    tracing::info!(addr = %addr, "deltaglider proxy listening");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+    .map_err(|e| ProxyError::Startup(e.to_string()))
+}

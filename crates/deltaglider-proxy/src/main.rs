@@ -1,0 +1,69 @@
+//! `deltaglider-proxy` binary: `serve` (default) runs the proxy from `DGP_*` env vars and the
+//! optional YAML file; `bench` measures codecs and the S3 path on a corpus of artifacts.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "deltaglider-proxy",
+    version,
+    about = "S3-compatible delta-compressing proxy"
+)]
+struct Cli {
+    /// Config file (same as DGP_CONFIG).
+    #[arg(long, global = true)]
+    config: Option<String>,
+    /// Listen address (same as DGP_LISTEN_ADDR).
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy (default).
+    Serve,
+    /// Benchmark: stored/original and throughput per codec on a corpus directory.
+    Bench(deltaglider_proxy::bench::BenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    // CLI flags win over env vars, which win over the file.
+    if let Some(c) = &cli.config {
+        std::env::set_var("DGP_CONFIG", c);
+    }
+    if let Some(l) = &cli.listen {
+        std::env::set_var("DGP_LISTEN_ADDR", l);
+    }
+    let level = std::env::var("DGP_LOG_LEVEL")
+        .unwrap_or_else(|_| "deltaglider_proxy=debug,tower_http=debug,info".into());
+    scai_core::telemetry::init(&level);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Ok(Ok(n)) = std::env::var("DGP_BLOCKING_THREADS").map(|v| v.parse::<usize>()) {
+        rt.max_blocking_threads(n.max(1));
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.cmd.unwrap_or(Cmd::Serve) {
+            Cmd::Serve => {
+                let cfg = deltaglider_proxy::config::Config::from_env()?;
+                deltaglider_proxy::serve(cfg).await
+            }
+            Cmd::Bench(args) => deltaglider_proxy::bench::run(args).await,
+        }
+    });
+    if let Err(e) = result {
+        tracing::error!(error = %e, "deltaglider-proxy stopped");
+        eprintln!("deltaglider-proxy: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,127 @@
+//! SigV4 credential lookup (s3s verifies signatures, presigned URLs, chunked payloads and
+//! clock skew) and per-request authorization: IAM for signed requests, public prefixes for
+//! anonymous GET/HEAD/LIST. Unknown keys get the same generic AccessDenied as bad ones.
+
+use std::sync::Arc;
+
+use s3s::access::{S3Access, S3AccessContext};
+use s3s::auth::{S3Auth, SecretKey};
+use s3s::path::S3Path;
+use s3s::{s3_error, S3Result};
+
+use crate::iam::{Action, UserSpec};
+use crate::state::AppState;
+
+/// Who is making the request; stored in the request extensions for the handlers.
+#[derive(Clone, Debug)]
+pub enum Principal {
+    /// No signature, admitted through a public prefix.
+    Anonymous,
+    /// `DGP_AUTHENTICATION=none`: everything is allowed.
+    Open,
+    User(Box<UserSpec>),
+}
+
+pub struct Auth(pub Arc<AppState>);
+
+#[async_trait::async_trait]
+impl S3Auth for Auth {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
+        match self.0.iam.user_by_key(access_key) {
+            Some(u) => Ok(SecretKey::from(u.secret_access_key)),
+            None => {
+                metrics::counter!("deltaglider_auth_failures_total", "reason" => "invalid_signature").increment(1);
+                metrics::counter!("deltaglider_auth_attempts_total", "result" => "failure")
+                    .increment(1);
+                Err(s3_error!(AccessDenied, "Access Denied"))
+            }
+        }
+    }
+}
+
+pub struct Access(pub Arc<AppState>);
+
+fn header(cx: &S3AccessContext<'_>, name: &str) -> String {
+    cx.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn query_param(cx: &S3AccessContext<'_>, name: &str) -> Option<String> {
+    let q = cx.uri().query()?;
+    url::form_urlencoded::parse(q.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+#[async_trait::async_trait]
+impl S3Access for Access {
+    async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        let st = &self.0;
+        let op = cx.s3_op().name();
+        let (bucket, key) = match cx.s3_path() {
+            S3Path::Root => (String::new(), String::new()),
+            S3Path::Bucket { bucket } => (bucket.to_string(), String::new()),
+            S3Path::Object { bucket, key } => (bucket.to_string(), key.to_string()),
+        };
+        let ip = header(cx, "x-forwarded-for");
+        let ua = header(cx, "user-agent");
+        if st.cfg.auth_none {
+            cx.extensions_mut().insert(Principal::Open);
+            return Ok(());
+        }
+        let Some(creds) = cx.credentials() else {
+            let admitted = match op {
+                "GetObject" | "HeadObject" => st.public_allows(&bucket, &key),
+                "ListObjects" | "ListObjectsV2" => {
+                    let prefix = query_param(cx, "prefix").unwrap_or_default();
+                    st.public_allows_list(&bucket, &prefix)
+                }
+                _ => false,
+            };
+            if admitted {
+                cx.extensions_mut().insert(Principal::Anonymous);
+                return Ok(());
+            }
+            metrics::counter!("deltaglider_auth_failures_total", "reason" => "missing_header")
+                .increment(1);
+            metrics::counter!("deltaglider_auth_attempts_total", "result" => "failure")
+                .increment(1);
+            st.audit
+                .record("access_denied", "$anonymous", op, &ip, &ua, &bucket, &key);
+            return Err(s3_error!(AccessDenied, "Access Denied"));
+        };
+        metrics::counter!("deltaglider_auth_attempts_total", "result" => "success").increment(1);
+        let Some(user) = st.iam.user_by_key(&creds.access_key) else {
+            return Err(s3_error!(AccessDenied, "Access Denied"));
+        };
+        let principal = Principal::User(Box::new(user));
+        let action = Action::of_op(op);
+        let ok = match (op, cx.s3_path()) {
+            (_, S3Path::Root) => true,
+            ("DeleteObjects", _) => {
+                st.can_list_bucket(&principal, &bucket)
+                    || st.allowed(&principal, Action::Delete, &bucket, "")
+            }
+            (_, S3Path::Bucket { .. }) if action == Action::List => {
+                st.can_list_bucket(&principal, &bucket)
+            }
+            ("CreateBucket", _) => st.allowed(&principal, Action::Write, &bucket, ""),
+            ("DeleteBucket", _) => st.allowed(&principal, Action::Delete, &bucket, ""),
+            _ => st.allowed(&principal, action, &bucket, &key),
+        };
+        if !ok {
+            let name = match &principal {
+                Principal::User(u) => u.name.clone(),
+                _ => String::new(),
+            };
+            st.audit
+                .record("access_denied", &name, op, &ip, &ua, &bucket, &key);
+            return Err(s3_error!(AccessDenied, "Access Denied"));
+        }
+        cx.extensions_mut().insert(principal);
+        Ok(())
+    }
+}

@@ -1,0 +1,213 @@
+//! Shared test helpers: start the real `deltaglider-proxy` binary on a free port (filesystem
+//! or upstream-S3 backend), start a real `s3s-fs` server for the S3 backend, and build
+//! aws-sdk-s3 clients.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::Client;
+use scai_testkit::s3::S3Server;
+use scai_testkit::{free_port, wait_http_ok, ServerProcess};
+
+pub const AK: &str = "TESTAK";
+pub const SK: &str = "TESTSECRETKEY";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
+    Fs,
+    S3,
+}
+
+/// A running `s3s-fs` (real S3-compatible server on loopback), from scai-testkit.
+pub struct S3sFs {
+    pub server: S3Server,
+}
+
+pub const UP_AK: &str = scai_testkit::s3::ACCESS_KEY;
+pub const UP_SK: &str = scai_testkit::s3::SECRET_KEY;
+
+impl S3sFs {
+    /// Starts s3s-fs, or returns None (after printing why) when services are skipped.
+    /// Panics with a clear message when the binary is missing.
+    pub async fn start(test: &str) -> Option<S3sFs> {
+        if scai_testkit::services::skip(test) {
+            return None;
+        }
+        match S3Server::start().await {
+            Ok(server) => Some(S3sFs { server }),
+            Err(e) => panic!("{test}: {e} (or set SCAI_TEST_SKIP_SERVICES=1)"),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.endpoint()
+    }
+
+    pub fn root(&self) -> &Path {
+        self.server.root()
+    }
+
+    pub fn client(&self) -> Client {
+        client_for(&self.url(), UP_AK, UP_SK)
+    }
+}
+
+/// A running proxy.
+pub struct Proxy {
+    pub proc: ServerProcess,
+    pub port: u16,
+    pub data: PathBuf,
+    pub keep: Option<tempfile::TempDir>,
+}
+
+impl Proxy {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> Client {
+        client_for(&self.url(), AK, SK)
+    }
+
+    pub fn client_as(&self, ak: &str, sk: &str) -> Client {
+        client_for(&self.url(), ak, sk)
+    }
+
+    pub fn bucket_dir(&self, bucket: &str) -> PathBuf {
+        self.data.join("deltaspaces").join(bucket)
+    }
+}
+
+pub fn proxy_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_deltaglider-proxy"))
+}
+
+/// Starts the proxy with a fresh data dir; `upstream` selects the S3 backend.
+pub async fn start_proxy(upstream: Option<&S3sFs>, extra: &[(&str, String)]) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    start_proxy_in(&data, upstream, extra, Some(dir)).await
+}
+
+pub async fn start_proxy_in(
+    data: &Path,
+    upstream: Option<&S3sFs>,
+    extra: &[(&str, String)],
+    keep: Option<tempfile::TempDir>,
+) -> Proxy {
+    let port = free_port();
+    let mut env: Vec<(&str, String)> = vec![
+        ("DGP_LISTEN_ADDR", format!("127.0.0.1:{port}")),
+        ("DGP_DATA_DIR", data.to_str().unwrap().to_string()),
+        ("DGP_ACCESS_KEY_ID", AK.into()),
+        ("DGP_SECRET_ACCESS_KEY", SK.into()),
+        ("DGP_DEBUG_HEADERS", "true".into()),
+        ("DGP_CACHE_MB", "64".into()),
+        (
+            "DGP_CONFIG",
+            data.join("none.yaml").to_str().unwrap().to_string(),
+        ),
+        ("RUST_LOG", "deltaglider_proxy=debug,info".into()),
+    ];
+    if let Some(u) = upstream {
+        env.push(("DGP_S3_ENDPOINT", u.url()));
+        env.push(("DGP_BE_AWS_ACCESS_KEY_ID", UP_AK.into()));
+        env.push(("DGP_BE_AWS_SECRET_ACCESS_KEY", UP_SK.into()));
+    }
+    for (k, v) in extra {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k, v.clone()));
+    }
+    let proc = ServerProcess::start(proxy_bin(), &[], &env);
+    if let Err(e) = wait_http_ok(
+        &format!("http://127.0.0.1:{port}/_/health"),
+        Duration::from_secs(20),
+    )
+    .await
+    {
+        panic!("proxy did not start: {e}\n{}", proc.logs());
+    }
+    Proxy {
+        proc,
+        port,
+        data: data.to_path_buf(),
+        keep,
+    }
+}
+
+pub fn client_for(url: &str, ak: &str, sk: &str) -> Client {
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .credentials_provider(Credentials::new(ak, sk, None, None, "test"))
+        .region(Region::new("us-east-1"))
+        .endpoint_url(url)
+        .force_path_style(true)
+        .build();
+    Client::from_conf(conf)
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    r.fill_bytes(&mut v);
+    v
+}
+
+/// `base` with a few small edits: a "next version" of an artifact.
+pub fn mutate(base: &[u8], seed: u64) -> Vec<u8> {
+    let mut v = base.to_vec();
+    let patch = bytes(seed, 64);
+    for i in 0..4usize {
+        let at = (seed as usize * 7919 + i * 104_729) % v.len().max(1);
+        let end = (at + 64).min(v.len());
+        v[at..end].copy_from_slice(&patch[..end - at]);
+    }
+    v.extend_from_slice(&bytes(seed + 1, 100));
+    v
+}
+
+pub async fn get_bytes(c: &Client, bucket: &str, key: &str) -> Vec<u8> {
+    let out = c
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {key}: {e:?}"));
+    out.body.collect().await.unwrap().into_bytes().to_vec()
+}
+
+pub async fn put_bytes(c: &Client, bucket: &str, key: &str, data: &[u8]) {
+    c.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(data.to_vec().into())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("PUT {key}: {e:?}"));
+}
+
+/// Every file under `dir`, relative, sorted.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, d: &Path, out: &mut Vec<String>) {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(base, &p, out);
+                } else {
+                    out.push(p.strip_prefix(base).unwrap().to_string_lossy().to_string());
+                }
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(dir, dir, &mut v);
+    v.sort();
+    v
+}
