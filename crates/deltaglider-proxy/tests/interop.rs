@@ -1,0 +1,74 @@
+//! Storage-format interop with the Python `deltaglider` CLI (PyPI), both ways, through a
+//! real s3s-fs: the CLI writes reference.bin + .delta straight to S3 and the proxy (S3
+//! backend on the same server) reads them; the proxy writes and the CLI reads.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn cli(bin: &Path, endpoint: &str, args: &[&str]) {
+    let out = Command::new(bin)
+        .arg("cp")
+        .arg("--endpoint-url")
+        .arg(endpoint)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", UP_AK)
+        .env("AWS_SECRET_ACCESS_KEY", UP_SK)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("DG_SUPPRESS_DEPRECATION", "1")
+        .output()
+        .expect("run deltaglider");
+    assert!(
+        out.status.success(),
+        "deltaglider {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn python_cli_and_proxy_read_each_others_objects() {
+    let Some(up) = S3sFs::start("python_cli_and_proxy_read_each_others_objects").await else { return };
+    let bin = scai_testkit::services::program("DELTAGLIDER_CLI", "deltaglider")
+        .expect("the Python deltaglider CLI is required (pip install deltaglider), or set SCAI_TEST_SKIP_SERVICES=1");
+    let p = start_proxy(Some(&up), &[]).await;
+    let c = p.client();
+    c.create_bucket().bucket("interop").send().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = bytes(31, 500_000);
+    let v2 = mutate(&v1, 32);
+    std::fs::write(dir.path().join("v1.zip"), &v1).unwrap();
+    std::fs::write(dir.path().join("v2.zip"), &v2).unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+
+    // CLI writes, proxy reads.
+    cli(&bin, &up.url(), &[&d("v1.zip"), "s3://interop/cli/v1.zip"]);
+    cli(&bin, &up.url(), &[&d("v2.zip"), "s3://interop/cli/v2.zip"]);
+    let raw = up.client().list_objects_v2().bucket("interop").prefix("cli/").send().await.unwrap();
+    let mut phys: Vec<_> = raw.contents().iter().filter_map(|o| o.key()).collect();
+    phys.sort();
+    assert_eq!(phys, vec!["cli/reference.bin", "cli/v1.zip.delta", "cli/v2.zip.delta"]);
+    assert_eq!(get_bytes(&c, "interop", "cli/v2.zip").await, v2);
+    assert_eq!(get_bytes(&c, "interop", "cli/v1.zip").await, v1);
+    let listed: Vec<_> = c.list_objects_v2().bucket("interop").prefix("cli/").send().await.unwrap().contents().iter().map(|o| (o.key().unwrap().to_string(), o.size().unwrap())).collect();
+    assert_eq!(listed, vec![("cli/v1.zip".to_string(), v1.len() as i64), ("cli/v2.zip".to_string(), v2.len() as i64)]);
+    // The proxy adds a delta to the CLI's deltaspace, against the CLI's reference.
+    let v3 = mutate(&v2, 33);
+    put_bytes(&c, "interop", "cli/v3.zip", &v3).await;
+    cli(&bin, &up.url(), &["s3://interop/cli/v3.zip", &d("v3.out")]);
+    assert_eq!(std::fs::read(d("v3.out")).unwrap(), v3);
+
+    // Proxy writes, CLI reads (delta and passthrough).
+    put_bytes(&c, "interop", "px/v1.zip", &v1).await;
+    put_bytes(&c, "interop", "px/v2.zip", &v2).await;
+    put_bytes(&c, "interop", "px/readme.txt", b"plain text").await;
+    cli(&bin, &up.url(), &["s3://interop/px/v2.zip", &d("v2.out")]);
+    assert_eq!(std::fs::read(d("v2.out")).unwrap(), v2);
+    cli(&bin, &up.url(), &["s3://interop/px/v1.zip", &d("v1.out")]);
+    assert_eq!(std::fs::read(d("v1.out")).unwrap(), v1);
+    cli(&bin, &up.url(), &["s3://interop/px/readme.txt", &d("readme.out")]);
+    assert_eq!(std::fs::read(d("readme.out")).unwrap(), b"plain text");
+}
