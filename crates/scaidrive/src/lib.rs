@@ -42,9 +42,22 @@ pub fn embedded_issuer(cfg: &Config) -> anyhow::Result<EmbeddedIssuer> {
         .with_context(|| format!("embedded signing key in {}", cfg.data_dir.display()))
 }
 
-pub fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
-    if cfg.s3.is_some() {
-        anyhow::bail!("SCAIDRIVE_S3_ENDPOINT is set but this build has no S3 object store yet; unset it to use the data dir");
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    if let Some(s3) = &cfg.s3 {
+        #[cfg(feature = "s3")]
+        {
+            let store = storage::s3::S3Store::connect(s3).await.with_context(|| {
+                format!(
+                    "SCAIDRIVE_S3_ENDPOINT {}: bucket {}",
+                    s3.endpoint, s3.bucket
+                )
+            })?;
+            return Ok(Arc::new(store));
+        }
+        #[cfg(not(feature = "s3"))]
+        anyhow::bail!(
+            "SCAIDRIVE_S3_ENDPOINT is set but this build has no S3 support (feature `s3`)"
+        );
     }
     Ok(Arc::new(
         storage::local::LocalStore::new(cfg.chunk_dir()).context("chunk directory")?,
@@ -58,7 +71,7 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
     let db = Db::connect(&cfg.database_url, cfg.db_max_connections)
         .await
         .context("SCAIDRIVE_DATABASE_URL: cannot connect")?;
-    let store = open_store(&cfg)?;
+    let store = open_store(&cfg).await?;
     let embedded = if cfg.embedded_auth {
         Some(Arc::new(embedded_issuer(&cfg)?))
     } else {

@@ -84,3 +84,8 @@ async fn sigkill_mid_upload_then_resume_sqlite() {
 async fn sigkill_mid_upload_then_resume_mariadb() {
     sigkill_mid_upload_then_resume(Backend::MariaDb).await
 }
+
+#[tokio::test]
+async fn sigkill_mid_upload_then_resume_s3() {
+    sigkill_mid_upload_then_resume(Backend::S3).await
+}

@@ -995,3 +995,7 @@ mod sqlite {
 mod mariadb {
     suite!(crate::Backend::MariaDb);
 }
+
+mod s3 {
+    suite!(crate::Backend::S3);
+}

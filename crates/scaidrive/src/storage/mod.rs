@@ -3,6 +3,8 @@
 //! durable, so the database row written after it can safely reference them.
 
 pub mod local;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 use std::pin::Pin;
 

@@ -15,6 +15,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_scaidrive");
 pub enum Backend {
     Sqlite,
     MariaDb,
+    /// SQLite metadata, chunks in an S3 bucket served by a real s3s-fs on loopback.
+    S3,
 }
 
 pub struct Srv {
@@ -23,6 +25,8 @@ pub struct Srv {
     pub dir: tempfile::TempDir,
     pub http: Client,
     pub db: Option<scai_testkit::mariadb::TempDatabase>,
+    /// The s3s-fs process of the S3 backend (killed on drop).
+    pub s3: Option<ServerProcess>,
 }
 
 impl Srv {
@@ -46,6 +50,44 @@ impl Srv {
             envs.push(("SCAIDRIVE_DATABASE_URL", t.url()));
             db = Some(t);
         }
+        let mut s3 = None;
+        if let Backend::S3 = backend {
+            if scai_testkit::services::skip("scaidrive S3 suite") {
+                return None;
+            }
+            let bin = scai_testkit::services::program("SCAI_TEST_S3S_FS", "s3s-fs")
+                .expect("s3s-fs not installed (cargo install s3s-fs@0.14.1 --features binary)");
+            let root = dir.path().join("s3root");
+            std::fs::create_dir_all(&root).unwrap();
+            let s3port = free_port();
+            let p = ServerProcess::start(
+                bin,
+                &[
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &s3port.to_string(),
+                    "--access-key",
+                    "AK",
+                    "--secret-key",
+                    "SK",
+                    root.to_str().unwrap(),
+                ],
+                &[],
+            );
+            let endpoint = format!("http://127.0.0.1:{s3port}");
+            for _ in 0..100 {
+                if std::net::TcpStream::connect(("127.0.0.1", s3port)).is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            envs.push(("SCAIDRIVE_S3_ENDPOINT", endpoint));
+            envs.push(("SCAIDRIVE_S3_BUCKET", "scaidrive".to_string()));
+            envs.push(("SCAIDRIVE_S3_ACCESS_KEY", "AK".to_string()));
+            envs.push(("SCAIDRIVE_S3_SECRET_KEY", "SK".to_string()));
+            s3 = Some(p);
+        }
         envs.extend(extra.iter().cloned());
         let proc = ServerProcess::start(BIN, &["serve"], &envs);
         let base = format!("http://127.0.0.1:{port}");
@@ -55,6 +97,7 @@ impl Srv {
             dir,
             http: Client::new(),
             db,
+            s3,
         };
         s.wait_ready().await;
         Some(s)
@@ -237,7 +280,11 @@ impl Srv {
             }
             n
         }
-        walk(&self.dir.path().join("objects/chunks"))
+        if self.s3.is_some() {
+            walk(&self.dir.path().join("s3root/scaidrive/chunks"))
+        } else {
+            walk(&self.dir.path().join("objects/chunks"))
+        }
     }
 }
 
