@@ -163,7 +163,7 @@ pub fn mutate(base: &[u8], seed: u64) -> Vec<u8> {
     let mut v = base.to_vec();
     let patch = bytes(seed, 64);
     for i in 0..4usize {
-        let at = (seed as usize * 7919 + i * 104_729) % v.len().max(1);
+        let at = ((seed % 1_000_003) as usize * 7919 + i * 104_729) % v.len().max(1);
         let end = (at + 64).min(v.len());
         v[at..end].copy_from_slice(&patch[..end - at]);
     }
