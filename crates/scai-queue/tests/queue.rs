@@ -514,3 +514,56 @@ async fn redis_unreachable_is_an_error_not_a_hang_and_workers_keep_going() {
     assert!(RedisQueue::new("http://x", RedisQueueOptions::default()).is_err());
     assert!(RedisQueue::new("rediss://127.0.0.1:1/0", RedisQueueOptions::default()).is_ok());
 }
+
+#[tokio::test]
+async fn the_heartbeat_keeps_long_jobs_from_running_twice() {
+    // Jobs take longer than the lease; only the worker's heartbeat keeps them leased.
+    for q in backends("heartbeat") {
+        let total = 4u64;
+        for n in 0..total {
+            q.enqueue(HIGH, job("long", n)).await.unwrap();
+        }
+        let runs: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+        let make_handler = || {
+            let runs = runs.clone();
+            Arc::new(HandlerFn(move |job: Job, _attempt: u32| {
+                let runs = runs.clone();
+                async move {
+                    *runs.lock().entry(job.id.clone()).or_default() += 1;
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    Ok(())
+                }
+            }))
+        };
+        let config = WorkerConfig {
+            concurrency: 2,
+            lease: Duration::from_millis(240),
+            poll_interval: Duration::from_millis(20),
+            metric_prefix: "test_heartbeat".into(),
+            ..WorkerConfig::default()
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let shared = futures::future::FutureExt::shared(async move {
+            let _ = rx.await;
+        });
+        let a = tokio::spawn(
+            Worker::new(q.clone(), config.clone()).run(make_handler(), shared.clone()),
+        );
+        let b = tokio::spawn(Worker::new(q.clone(), config.clone()).run(make_handler(), shared));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let d = q.depth(HIGH).await.unwrap();
+            if d == QueueDepth::default() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}: {d:?}", q.name());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tx.send(()).unwrap();
+        a.await.unwrap();
+        b.await.unwrap();
+        let runs = runs.lock();
+        assert_eq!(runs.len(), total as usize);
+        assert!(runs.values().all(|n| *n == 1), "{}: {runs:?}", q.name());
+    }
+}
