@@ -31,7 +31,9 @@ fn cli(bin: &Path, endpoint: &str, args: &[&str]) {
 
 #[tokio::test]
 async fn python_cli_and_proxy_read_each_others_objects() {
-    let Some(up) = S3sFs::start("python_cli_and_proxy_read_each_others_objects").await else { return };
+    let Some(up) = S3sFs::start("python_cli_and_proxy_read_each_others_objects").await else {
+        return;
+    };
     let bin = scai_testkit::services::program("DELTAGLIDER_CLI", "deltaglider")
         .expect("the Python deltaglider CLI is required (pip install deltaglider), or set SCAI_TEST_SKIP_SERVICES=1");
     let p = start_proxy(Some(&up), &[]).await;
@@ -47,14 +49,40 @@ async fn python_cli_and_proxy_read_each_others_objects() {
     // CLI writes, proxy reads.
     cli(&bin, &up.url(), &[&d("v1.zip"), "s3://interop/cli/v1.zip"]);
     cli(&bin, &up.url(), &[&d("v2.zip"), "s3://interop/cli/v2.zip"]);
-    let raw = up.client().list_objects_v2().bucket("interop").prefix("cli/").send().await.unwrap();
+    let raw = up
+        .client()
+        .list_objects_v2()
+        .bucket("interop")
+        .prefix("cli/")
+        .send()
+        .await
+        .unwrap();
     let mut phys: Vec<_> = raw.contents().iter().filter_map(|o| o.key()).collect();
     phys.sort();
-    assert_eq!(phys, vec!["cli/reference.bin", "cli/v1.zip.delta", "cli/v2.zip.delta"]);
+    assert_eq!(
+        phys,
+        vec!["cli/reference.bin", "cli/v1.zip.delta", "cli/v2.zip.delta"]
+    );
     assert_eq!(get_bytes(&c, "interop", "cli/v2.zip").await, v2);
     assert_eq!(get_bytes(&c, "interop", "cli/v1.zip").await, v1);
-    let listed: Vec<_> = c.list_objects_v2().bucket("interop").prefix("cli/").send().await.unwrap().contents().iter().map(|o| (o.key().unwrap().to_string(), o.size().unwrap())).collect();
-    assert_eq!(listed, vec![("cli/v1.zip".to_string(), v1.len() as i64), ("cli/v2.zip".to_string(), v2.len() as i64)]);
+    let listed: Vec<_> = c
+        .list_objects_v2()
+        .bucket("interop")
+        .prefix("cli/")
+        .send()
+        .await
+        .unwrap()
+        .contents()
+        .iter()
+        .map(|o| (o.key().unwrap().to_string(), o.size().unwrap()))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("cli/v1.zip".to_string(), v1.len() as i64),
+            ("cli/v2.zip".to_string(), v2.len() as i64)
+        ]
+    );
     // The proxy adds a delta to the CLI's deltaspace, against the CLI's reference.
     let v3 = mutate(&v2, 33);
     put_bytes(&c, "interop", "cli/v3.zip", &v3).await;
@@ -69,6 +97,10 @@ async fn python_cli_and_proxy_read_each_others_objects() {
     assert_eq!(std::fs::read(d("v2.out")).unwrap(), v2);
     cli(&bin, &up.url(), &["s3://interop/px/v1.zip", &d("v1.out")]);
     assert_eq!(std::fs::read(d("v1.out")).unwrap(), v1);
-    cli(&bin, &up.url(), &["s3://interop/px/readme.txt", &d("readme.out")]);
+    cli(
+        &bin,
+        &up.url(),
+        &["s3://interop/px/readme.txt", &d("readme.out")],
+    );
     assert_eq!(std::fs::read(d("readme.out")).unwrap(), b"plain text");
 }

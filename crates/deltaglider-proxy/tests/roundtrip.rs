@@ -9,7 +9,14 @@ use std::collections::BTreeMap;
 use common::*;
 use rand::{Rng, SeedableRng};
 
-const KEYS: &[&str] = &["a/x.zip", "a/y.zip", "a/z.bin", "a/b/w.zip", "root.zip", "a/v.tar"];
+const KEYS: &[&str] = &[
+    "a/x.zip",
+    "a/y.zip",
+    "a/z.bin",
+    "a/b/w.zip",
+    "root.zip",
+    "a/v.tar",
+];
 
 async fn run(p: &Proxy, seed: u64, ops: usize) {
     let c = p.client();
@@ -34,26 +41,53 @@ async fn run(p: &Proxy, seed: u64, ops: usize) {
                 model.insert(key, data);
             }
             5 => {
-                c.delete_object().bucket(bucket).key(key).send().await.unwrap();
+                c.delete_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .unwrap();
                 model.remove(key);
             }
             6 | 7 => match model.get(key) {
-                Some(v) => assert_eq!(&get_bytes(&c, bucket, key).await, v, "seed {seed} step {step} GET {key}"),
-                None => assert!(c.get_object().bucket(bucket).key(key).send().await.is_err(), "seed {seed} step {step}: {key} should be gone"),
+                Some(v) => assert_eq!(
+                    &get_bytes(&c, bucket, key).await,
+                    v,
+                    "seed {seed} step {step} GET {key}"
+                ),
+                None => assert!(
+                    c.get_object().bucket(bucket).key(key).send().await.is_err(),
+                    "seed {seed} step {step}: {key} should be gone"
+                ),
             },
             _ => {
                 if let Some(v) = model.get(key).filter(|v| !v.is_empty()) {
                     let a = rng.gen_range(0..v.len());
                     let b = rng.gen_range(a..v.len());
-                    let out = c.get_object().bucket(bucket).key(key).range(format!("bytes={a}-{b}")).send().await.unwrap();
+                    let out = c
+                        .get_object()
+                        .bucket(bucket)
+                        .key(key)
+                        .range(format!("bytes={a}-{b}"))
+                        .send()
+                        .await
+                        .unwrap();
                     let got = out.body.collect().await.unwrap().into_bytes();
-                    assert_eq!(got.as_ref(), &v[a..=b], "seed {seed} step {step} range {a}-{b} of {key}");
+                    assert_eq!(
+                        got.as_ref(),
+                        &v[a..=b],
+                        "seed {seed} step {step} range {a}-{b} of {key}"
+                    );
                 }
             }
         }
     }
     for (k, v) in &model {
-        assert_eq!(&get_bytes(&c, bucket, k).await, v, "seed {seed}: final GET {k}");
+        assert_eq!(
+            &get_bytes(&c, bucket, k).await,
+            v,
+            "seed {seed}: final GET {k}"
+        );
     }
     let listed: Vec<(String, i64)> = c
         .list_objects_v2()
@@ -65,7 +99,10 @@ async fn run(p: &Proxy, seed: u64, ops: usize) {
         .iter()
         .map(|o| (o.key().unwrap().to_string(), o.size().unwrap()))
         .collect();
-    let want: Vec<(String, i64)> = model.iter().map(|(k, v)| (k.to_string(), v.len() as i64)).collect();
+    let want: Vec<(String, i64)> = model
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.len() as i64))
+        .collect();
     assert_eq!(listed, want, "seed {seed}: LIST");
 }
 
@@ -83,7 +120,9 @@ async fn roundtrip_zstd_filesystem() {
 
 #[tokio::test]
 async fn roundtrip_xdelta3_s3_backend() {
-    let Some(up) = S3sFs::start("roundtrip_xdelta3_s3_backend").await else { return };
+    let Some(up) = S3sFs::start("roundtrip_xdelta3_s3_backend").await else {
+        return;
+    };
     let p = start_proxy(Some(&up), &[]).await;
     run(&p, 0x5eed_0003, 60).await;
 }

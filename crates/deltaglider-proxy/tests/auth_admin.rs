@@ -1,0 +1,527 @@
+//! Authentication and authorization end to end: SigV4 failures (generic AccessDenied for
+//! unknown keys, bad signature, clock skew), presigned URLs, IAM users/groups with Deny
+//! winning and exact prefixes, disabled users, public prefixes with trailing-slash
+//! semantics, per-bucket compression/alias, multipart cap, then the `/_/` surface: metrics
+//! names, health, admin login, audit ring, config section, declarative-IAM guard.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_s3::presigning::PresigningConfig;
+use common::*;
+
+const YAML: &str = r#"
+access:
+  iam_mode: declarative
+  iam_users:
+    - name: alice
+      access_key_id: ALICEAK
+      secret_access_key: ALICESECRET
+      groups: [readers]
+      permissions:
+        - effect: Allow
+          actions: [read, write, list]
+          resources: ["team/alice/*"]
+        - effect: Deny
+          actions: [read]
+          resources: ["team/alice/secret/*"]
+    - name: bob
+      access_key_id: BOBAK
+      secret_access_key: BOBSECRET
+      enabled: false
+      permissions:
+        - actions: ["*"]
+          resources: ["*"]
+  iam_groups:
+    - name: readers
+      permissions:
+        - effect: Allow
+          actions: [read, list]
+          resources: ["team/shared/*"]
+storage:
+  buckets:
+    releases:
+      public_prefixes: ["builds/public/"]
+    nocomp:
+      compression: false
+    virt:
+      alias: real-bucket-name
+"#;
+
+fn code<E: aws_sdk_s3::error::ProvideErrorMetadata>(e: &E) -> String {
+    e.code().unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn auth_iam_public_prefixes_and_admin_surface() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.yaml"), YAML).unwrap();
+    let hash = bcrypt::hash("s3cret-admin", 4).unwrap();
+    let p = start_proxy_in(
+        dir.path(),
+        None,
+        &[
+            (
+                "DGP_CONFIG",
+                dir.path().join("config.yaml").to_str().unwrap().to_string(),
+            ),
+            ("DGP_BOOTSTRAP_PASSWORD_HASH", hash),
+            ("DGP_SECURE_COOKIES", "false".into()),
+            ("DGP_MAX_MULTIPART_UPLOADS", "2".into()),
+        ],
+        None,
+    )
+    .await;
+    let admin = p.client();
+    for b in ["team", "releases", "nocomp", "virt"] {
+        admin.create_bucket().bucket(b).send().await.unwrap();
+    }
+    put_bytes(&admin, "team", "alice/secret/s.txt", b"secret").await;
+    put_bytes(&admin, "team", "shared/doc.txt", b"shared").await;
+    put_bytes(&admin, "team", "other/o.txt", b"other").await;
+
+    // SigV4 failures.
+    let e = p
+        .client_as("NOSUCHKEY", "whatever")
+        .list_buckets()
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e.into_service_error()), "AccessDenied");
+    let e = p
+        .client_as(AK, "wrong-secret")
+        .list_buckets()
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e.into_service_error()), "SignatureDoesNotMatch");
+    let skewed = {
+        let conf = p
+            .client()
+            .config()
+            .to_builder()
+            .time_source(aws_smithy_async::time::StaticTimeSource::new(
+                SystemTime::now() - Duration::from_secs(3600),
+            ))
+            // The SDK corrects its clock from the server's Date header when it retries.
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    };
+    let e = skewed.list_buckets().send().await.unwrap_err();
+    assert_eq!(code(&e.into_service_error()), "RequestTimeTooSkewed");
+
+    // Presigned URLs.
+    let http = reqwest::Client::new();
+    let pre = admin
+        .get_object()
+        .bucket("team")
+        .key("shared/doc.txt")
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(300)).unwrap())
+        .await
+        .unwrap();
+    let r = http.get(pre.uri()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "shared");
+    let uri = pre.uri().to_string();
+    let at = uri.find("X-Amz-Signature=").unwrap() + "X-Amz-Signature=".len();
+    let flipped = if &uri[at..at + 1] == "0" { "1" } else { "0" };
+    let tampered = format!("{}{}{}", &uri[..at], flipped, &uri[at + 1..]);
+    assert_eq!(http.get(tampered).send().await.unwrap().status(), 403);
+
+    // IAM: own prefix, Deny wins, group grant, no access elsewhere, disabled user.
+    let alice = p.client_as("ALICEAK", "ALICESECRET");
+    put_bytes(&alice, "team", "alice/a.zip", &bytes(3, 1000)).await;
+    assert_eq!(
+        get_bytes(&alice, "team", "alice/a.zip").await,
+        bytes(3, 1000)
+    );
+    let e = alice
+        .get_object()
+        .bucket("team")
+        .key("alice/secret/s.txt")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e.into_service_error()), "AccessDenied");
+    assert_eq!(get_bytes(&alice, "team", "shared/doc.txt").await, b"shared");
+    let e = alice
+        .get_object()
+        .bucket("team")
+        .key("other/o.txt")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e.into_service_error()), "AccessDenied");
+    let e = alice
+        .put_object()
+        .bucket("team")
+        .key("shared/x.txt")
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e.into_service_error()), "AccessDenied");
+    let listed: Vec<String> = alice
+        .list_objects_v2()
+        .bucket("team")
+        .send()
+        .await
+        .unwrap()
+        .contents()
+        .iter()
+        .map(|o| o.key().unwrap().to_string())
+        .collect();
+    // Listing is filtered by read-or-list: the read Deny on secret/ does not hide the key.
+    assert_eq!(
+        listed,
+        vec!["alice/a.zip", "alice/secret/s.txt", "shared/doc.txt"]
+    );
+    let e = p
+        .client_as("BOBAK", "BOBSECRET")
+        .list_objects_v2()
+        .bucket("team")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e.into_service_error()), "AccessDenied");
+
+    // Public prefixes: anonymous GET/LIST only under `builds/public/` (trailing slash matters).
+    put_bytes(&admin, "releases", "builds/public/app.zip", b"public bytes").await;
+    put_bytes(
+        &admin,
+        "releases",
+        "builds/publicish/app.zip",
+        b"not public",
+    )
+    .await;
+    let base = p.url();
+    let r = http
+        .get(format!("{base}/releases/builds/public/app.zip"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "public bytes");
+    let r = http
+        .get(format!("{base}/releases/builds/publicish/app.zip"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("<Code>AccessDenied</Code>"));
+    assert_eq!(
+        http.head(format!("{base}/releases/builds/public/app.zip"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.put(format!("{base}/releases/builds/public/new.zip"))
+            .body("x")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let r = http
+        .get(format!("{base}/releases?list-type=2&prefix=builds/public/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("<Key>builds/public/app.zip</Key>") && !body.contains("publicish"),
+        "{body}"
+    );
+    assert_eq!(
+        http.get(format!("{base}/team/shared/doc.txt"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+
+    // compression: false stores everything passthrough; alias renames the real bucket.
+    let v1 = bytes(4, 50_000);
+    put_bytes(&admin, "nocomp", "r/a.zip", &v1).await;
+    put_bytes(&admin, "nocomp", "r/b.zip", &mutate(&v1, 5)).await;
+    assert_eq!(
+        files_under(&p.bucket_dir("nocomp")),
+        vec!["r/a.zip", "r/b.zip"]
+    );
+    put_bytes(&admin, "virt", "k/v.txt", b"aliased").await;
+    assert_eq!(
+        files_under(&p.bucket_dir("real-bucket-name")),
+        vec!["k/v.txt"]
+    );
+    assert_eq!(get_bytes(&admin, "virt", "k/v.txt").await, b"aliased");
+    let names: Vec<String> = admin
+        .list_buckets()
+        .send()
+        .await
+        .unwrap()
+        .buckets()
+        .iter()
+        .filter_map(|b| b.name().map(str::to_string))
+        .collect();
+    assert!(
+        names.contains(&"virt".to_string()) && !names.contains(&"real-bucket-name".to_string()),
+        "{names:?}"
+    );
+
+    // At most DGP_MAX_MULTIPART_UPLOADS in flight.
+    for i in 0..2 {
+        admin
+            .create_multipart_upload()
+            .bucket("team")
+            .key(format!("mp{i}.bin"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let e = admin
+        .create_multipart_upload()
+        .bucket("team")
+        .key("mp3.bin")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e.into_service_error()), "SlowDown");
+
+    // Metrics: the spec's names.
+    let m = http
+        .get(format!("{base}/_/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "deltaglider_delta_decisions_total{decision=\"passthrough\"}",
+        "deltaglider_auth_failures_total{reason=\"invalid_signature\"}",
+        "deltaglider_auth_failures_total{reason=\"missing_header\"}",
+        "deltaglider_auth_attempts_total{result=\"success\"}",
+        "deltaglider_codec_semaphore_available",
+        "deltaglider_cache_miss_rate_ratio",
+        "deltaglider_cache_max_bytes",
+        "deltaglider_build_info",
+        "operation=\"put_object\"",
+        "deltaglider_http_request_duration_seconds_bucket",
+    ] {
+        assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
+    }
+    assert!(p.proc.logs().contains(
+        "[cache] In-memory reference cache is only 64 MB — recommend ≥1024 MB for production"
+    ));
+
+    // Health and admin API.
+    let h: serde_json::Value = http
+        .get(format!("{base}/_/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["status"], "healthy");
+    assert_eq!(
+        http.get(format!("{base}/_/api/admin/audit"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let bad = http
+        .post(format!("{base}/_/api/admin/login"))
+        .json(&serde_json::json!({"password": "nope"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    let ok = http
+        .post(format!("{base}/_/api/admin/login"))
+        .json(&serde_json::json!({"password": "s3cret-admin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let cookie = ok
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let audit: serde_json::Value = http
+        .get(format!("{base}/_/api/admin/audit?limit=500"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = audit["entries"].as_array().unwrap();
+    assert!(
+        entries.iter().any(|e| e["user"] == "alice"
+            && e["action"] == "access_denied"
+            && e["bucket"] == "team"
+            && e["path"] == "alice/secret/s.txt"),
+        "{audit}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["user"] == "$anonymous" && e["path"] == "builds/publicish/app.zip"),
+        "{audit}"
+    );
+    let storage: serde_json::Value = http
+        .get(format!("{base}/_/api/admin/config/section/storage"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        storage["buckets"]["releases"]["public_prefixes"][0],
+        "builds/public/"
+    );
+    let users: serde_json::Value = http
+        .get(format!("{base}/_/api/admin/users"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(users["users"].as_array().unwrap().len(), 2, "{users}");
+    assert!(!users.to_string().contains("ALICESECRET"));
+    let r = http
+        .post(format!("{base}/_/api/admin/users"))
+        .header("cookie", &cookie)
+        .json(&serde_json::json!({"name": "carol", "access_key_id": "CAROLAK"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"error": "iam_declarative"})
+    );
+    let ui = http
+        .get(format!("{base}/_/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(ui.contains("DeltaGlider Proxy"));
+    let stats: serde_json::Value = http
+        .get(format!("{base}/_/stats"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(stats["total_objects"].as_u64().unwrap() >= 5, "{stats}");
+}
+
+#[tokio::test]
+async fn gui_mode_admin_creates_users_that_can_sign() {
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    let p = start_proxy(
+        None,
+        &[
+            ("DGP_BOOTSTRAP_PASSWORD_HASH", hash),
+            ("DGP_SECURE_COOKIES", "false".into()),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let base = p.url();
+    let ok = http
+        .post(format!("{base}/_/api/admin/login"))
+        .json(&serde_json::json!({"password": "pw"}))
+        .send()
+        .await
+        .unwrap();
+    let cookie = ok
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = http
+        .post(format!("{base}/_/api/admin/users"))
+        .header("cookie", &cookie)
+        .json(&serde_json::json!({"name": "dave", "access_key_id": "DAVEAK", "permissions": [{"effect": "Allow", "actions": ["read", "list"], "resources": ["pub/*"]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let secret = r.json::<serde_json::Value>().await.unwrap()["secret_access_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    p.client()
+        .create_bucket()
+        .bucket("pub")
+        .send()
+        .await
+        .unwrap();
+    put_bytes(&p.client(), "pub", "f.txt", b"hi").await;
+    let dave = p.client_as("DAVEAK", &secret);
+    assert_eq!(get_bytes(&dave, "pub", "f.txt").await, b"hi");
+    assert!(dave
+        .put_object()
+        .bucket("pub")
+        .key("g.txt")
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .is_err());
+    // Delete the user: its key stops working with the same generic AccessDenied.
+    assert_eq!(
+        http.delete(format!("{base}/_/api/admin/users/DAVEAK"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let e = dave
+        .get_object()
+        .bucket("pub")
+        .key("f.txt")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e.into_service_error()), "AccessDenied");
+}
