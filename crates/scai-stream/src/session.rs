@@ -84,16 +84,22 @@ pub async fn close(mut socket: WebSocket, code: u16, reason: &str) {
     .await;
 }
 
-/// Map a read error to the RFC 6455 close code the server answers with.
-fn error_close_code(e: axum::Error) -> u16 {
+/// Map a read error to the RFC 6455 close code the server answers with; `None` when the
+/// peer is simply gone (reset, EOF) and there is nobody to answer.
+fn error_close_code(e: axum::Error) -> Option<u16> {
+    use tungstenite::error::ProtocolError;
     match e.into_inner().downcast::<tungstenite::Error>() {
         Ok(te) => match *te {
-            tungstenite::Error::Utf8(_) => 1007,
-            tungstenite::Error::Capacity(_) => 1009,
-            tungstenite::Error::Protocol(_) => 1002,
-            _ => 1011,
+            tungstenite::Error::Utf8(_) => Some(1007),
+            tungstenite::Error::Capacity(_) => Some(1009),
+            tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+            tungstenite::Error::Protocol(_) => Some(1002),
+            tungstenite::Error::Io(_)
+            | tungstenite::Error::ConnectionClosed
+            | tungstenite::Error::AlreadyClosed => None,
+            _ => Some(1011),
         },
-        Err(_) => 1011,
+        Err(_) => None,
     }
 }
 
@@ -182,7 +188,9 @@ where
                         return Ended::ClientClosed;
                     }
                     Some(Err(e)) => {
-                        let code = error_close_code(e);
+                        let Some(code) = error_close_code(e) else {
+                            return Ended::Gone;
+                        };
                         let _ = tx.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static("protocol error") }))).await;
                         return Ended::ProtocolError(code);
                     }

@@ -357,7 +357,7 @@ async fn slow_consumer_does_not_stall_others_and_drops_are_counted_and_recoverab
                 got.push(ev["id"].as_str().unwrap().to_string());
             }
         }
-        got
+        (got, fast)
     });
     for i in 0..n {
         sent.push(
@@ -368,7 +368,8 @@ async fn slow_consumer_does_not_stall_others_and_drops_are_counted_and_recoverab
         );
     }
     // The fast reader got everything while the slow one read nothing.
-    assert_eq!(reader.await.unwrap(), sent);
+    let (fast_got, _fast) = reader.await.unwrap();
+    assert_eq!(fast_got, sent);
     let metrics = s.metrics().await;
     let dropped: f64 = metrics
         .lines()
@@ -379,7 +380,8 @@ async fn slow_consumer_does_not_stall_others_and_drops_are_counted_and_recoverab
     assert!(dropped > 0.0, "expected drops:\n{metrics}");
     assert!(
         metrics.contains("scaiwave_ws_connections{tenant=\"tnt_acme\"} 2"),
-        "{metrics}"
+        "{metrics}\n{}",
+        s.proc.logs()
     );
     // What was dropped is recoverable: via sync, and the slow socket itself catches up from
     // the store, in order, without duplicates.
