@@ -273,7 +273,7 @@ async fn register(State(app): State<AppState>, ctx: Ctx) -> ApiResult<Response> 
             .fetch_optional(&app.db.pool)
             .await?;
     let name: Option<String> = match row {
-        Some(r) => sqlx::Row::try_get(&r, 0)?,
+        Some(r) => crate::db::text(&r, 0)?,
         None => None,
     };
     Ok(ok(

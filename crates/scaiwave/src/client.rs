@@ -112,7 +112,7 @@ pub async fn run(server: &str, token: &str, state: &Path, max: Option<u64>) -> a
             Ok(false) => {}
             Err(e) if e.to_string().contains("401") => return Err(e),
             Err(e) => {
-                tracing::warn!(error = %e, "sync failed");
+                eprintln!("sync failed: {e}");
                 failures += 1;
                 tokio::time::sleep(backoff(failures)).await;
                 continue;
@@ -154,7 +154,7 @@ pub async fn run(server: &str, token: &str, state: &Path, max: Option<u64>) -> a
                         }
                         Ok(_) => {}
                         Err(e) => {
-                            tracing::warn!(error = %e, "stream error");
+                            eprintln!("stream error: {e}");
                             break;
                         }
                     }
@@ -164,7 +164,7 @@ pub async fn run(server: &str, token: &str, state: &Path, max: Option<u64>) -> a
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "connect failed");
+                eprintln!("connect failed: {e}");
                 failures += 1;
             }
         }

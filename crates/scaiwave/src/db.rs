@@ -96,7 +96,8 @@ fn schema(b: Backend) -> Vec<String> {
         Backend::Sqlite => ("TEXT", "TEXT", "INTEGER", ""),
         Backend::MySql => (
             "VARCHAR(80)",
-            "MEDIUMTEXT",
+            // Not `_bin`: sqlx's Any driver reads binary-collated TEXT as BLOB.
+            "MEDIUMTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci",
             "BIGINT",
             " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
         ),
@@ -124,6 +125,20 @@ fn schema(b: Backend) -> Vec<String> {
     .iter()
     .map(|t| s(t))
     .collect()
+}
+
+/// A TEXT column: MySQL reports TEXT as BLOB on the wire and the Any driver then refuses
+/// `String`, so fall back to bytes (always UTF-8 here).
+pub fn text<I>(r: &AnyRow, col: I) -> Result<Option<String>, sqlx::Error>
+where
+    I: sqlx::ColumnIndex<AnyRow> + Copy,
+{
+    match r.try_get::<Option<String>, _>(col) {
+        Ok(v) => Ok(v),
+        Err(_) => Ok(r
+            .try_get::<Option<Vec<u8>>, _>(col)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())),
+    }
 }
 
 /// An event about to be stored.
@@ -168,8 +183,8 @@ impl EventRow {
             sender_id: r.try_get("sender_id")?,
             event_type: r.try_get("event_type")?,
             target_id: r.try_get("target_id")?,
-            content: r.try_get("content")?,
-            original_content: r.try_get("original_content")?,
+            content: text(r, "content")?.unwrap_or_default(),
+            original_content: text(r, "original_content")?,
             event_uuid: r.try_get("event_uuid")?,
             origin_ts: r.try_get("origin_ts")?,
             created_at: r.try_get("created_at")?,

@@ -121,10 +121,7 @@ fn main() -> ExitCode {
                 token,
                 state,
                 max_events,
-            } => {
-                scai_core::telemetry::init("scaiwave=info,warn");
-                scaiwave::client::run(&server, &token, &state, max_events).await
-            }
+            } => scaiwave::client::run(&server, &token, &state, max_events).await,
             Cmd::Bench {
                 members,
                 rooms,

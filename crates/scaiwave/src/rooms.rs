@@ -61,8 +61,8 @@ pub async fn load_room(app: &AppState, tenant: &str, room: &str) -> ApiResult<Ro
     Ok(RoomRow {
         id: r.try_get("id")?,
         room_type: r.try_get("room_type")?,
-        name: r.try_get("name")?,
-        topic: r.try_get("topic")?,
+        name: crate::db::text(&r, "name")?,
+        topic: crate::db::text(&r, "topic")?,
         creator_id: r.try_get("creator_id")?,
         state: r.try_get("state")?,
         created_at: r.try_get("created_at")?,
@@ -353,7 +353,7 @@ pub async fn members(
                 "id": id,
                 "local_id": r.try_get::<Option<String>, _>(4)?,
                 "server_name": app.cfg.server_name,
-                "display_name": r.try_get::<Option<String>, _>(5)?,
+                "display_name": crate::db::text(&r, 5)?,
                 "participant_type": "human",
                 "avatar_url": null,
             }
@@ -676,8 +676,8 @@ pub async fn directory(
         let room = RoomRow {
             id: r.try_get(0)?,
             room_type: r.try_get(1)?,
-            name: r.try_get(2)?,
-            topic: r.try_get(3)?,
+            name: crate::db::text(&r, 2)?,
+            topic: crate::db::text(&r, 3)?,
             creator_id: r.try_get(4)?,
             state: r.try_get(5)?,
             created_at: r.try_get(6)?,
