@@ -10,7 +10,4 @@ pub enum Error {
     /// Redis could not be reached or answered with an error.
     #[error("redis: {0}")]
     Backend(String),
-    /// A check was malformed (e.g. a key containing no characters).
-    #[error("invalid check: {0}")]
-    InvalidCheck(String),
 }

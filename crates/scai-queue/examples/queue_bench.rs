@@ -1,6 +1,6 @@
 //! Throughput of enqueue and reserve+ack on both backends, beside a baseline measured in the
 //! same run: raw `LPUSH` / `RPOP` round trips to the same Redis.
-//! `cargo run --release -p scai-queue --example bench [redis-url]`
+//! `cargo run --release -p scai-queue --example queue_bench [redis-url]`
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

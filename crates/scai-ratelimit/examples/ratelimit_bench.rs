@@ -1,6 +1,6 @@
 //! Throughput of `Limiter::check` (three dimensions, cost 1) on both backends, beside a
 //! baseline measured in the same run: raw `INCR` round trips to the same Redis.
-//! `cargo run --release -p scai-ratelimit --example bench [redis-url]`
+//! `cargo run --release -p scai-ratelimit --example ratelimit_bench [redis-url]`
 
 use std::time::{Duration, Instant};
 
