@@ -18,10 +18,11 @@
 //!         CostClass::Search.cost(),
 //!     )
 //!     .await;
+//! // X-RateLimit-Limit / -Remaining / -Reset, and Retry-After on a deny:
+//! let headers: Vec<(&str, String)> = d.headers();
 //! if !d.allowed {
-//!     // 429 RATE_LIMITED, details.dimension = d.dimension_hit, Retry-After: d.retry_after_secs
+//!     // 429 RATE_LIMITED with details.dimension = d.dimension_hit.unwrap().as_str()
 //! }
-//! // X-RateLimit-Limit: d.limit, X-RateLimit-Remaining: d.remaining, X-RateLimit-Reset: d.reset_unix
 //! # Ok(()) }
 //! ```
 //!

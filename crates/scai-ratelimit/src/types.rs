@@ -141,3 +141,23 @@ pub struct Decision {
     /// Every dimension's status.
     pub per_dimension: Vec<DimensionStatus>,
 }
+
+impl Decision {
+    /// The response headers this decision asks for: `X-RateLimit-Limit`,
+    /// `X-RateLimit-Remaining`, `X-RateLimit-Reset`, plus `Retry-After` on a deny. Empty for
+    /// an empty check.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        if self.dimension.is_none() {
+            return Vec::new();
+        }
+        let mut h = vec![
+            ("X-RateLimit-Limit", self.limit.to_string()),
+            ("X-RateLimit-Remaining", self.remaining.to_string()),
+            ("X-RateLimit-Reset", self.reset_unix.to_string()),
+        ];
+        if !self.allowed {
+            h.push(("Retry-After", self.retry_after_secs.to_string()));
+        }
+        h
+    }
+}

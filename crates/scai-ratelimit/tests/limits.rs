@@ -333,3 +333,80 @@ async fn wait_not_degraded(l: &Limiter, c: &[(Dimension, &str, u64)]) -> scai_ra
     }
     panic!("limiter never reconnected");
 }
+
+#[tokio::test]
+async fn rejections_and_fail_opens_are_counted_and_headers_rendered() {
+    scai_core::metrics::install();
+    let metric_config = |p: &str| LimiterConfig {
+        window: Duration::from_millis(W),
+        metric_prefix: p.to_string(),
+    };
+    let mut limiters = vec![("mem", Limiter::in_memory(metric_config("rlm_mem")))];
+    let run_redis = !scai_testkit::services::skip("rate_limit_metrics");
+    if run_redis {
+        let options = RedisOptions {
+            key_prefix: prefix("metrics"),
+            ..RedisOptions::default()
+        };
+        limiters.push((
+            "redis",
+            Limiter::redis(
+                &scai_testkit::services::redis_url(),
+                options,
+                metric_config("rlm_redis"),
+            )
+            .unwrap(),
+        ));
+    }
+    for (name, l) in &limiters {
+        let checks = [(Dimension::Token, "t", 100), (Dimension::User, "u", 2)];
+        let d = l.check_at(&checks, 2, T0).await;
+        assert!(d.allowed);
+        let h = d.headers();
+        assert_eq!(
+            h,
+            vec![
+                ("X-RateLimit-Limit", "2".to_string()),
+                ("X-RateLimit-Remaining", "0".to_string()),
+                ("X-RateLimit-Reset", ((T0 + W) / 1000).to_string()),
+            ],
+            "{name}"
+        );
+        for _ in 0..3 {
+            let d = l.check_at(&checks, 1, T0 + 1).await;
+            assert!(!d.allowed);
+            assert_eq!(d.headers().last().unwrap().0, "Retry-After");
+        }
+    }
+    // Fail-open through a dead Redis is counted under its own metric.
+    let dead = Limiter::redis(
+        &format!("redis://127.0.0.1:{}", scai_testkit::free_port()),
+        RedisOptions::default(),
+        metric_config("rlm_dead"),
+    )
+    .unwrap();
+    assert!(dead.check(&[(Dimension::Tenant, "x", 1)], 1).await.degraded);
+    assert!(dead.check(&[(Dimension::Tenant, "x", 1)], 1).await.degraded);
+
+    let text = scai_core::metrics::render();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    assert_eq!(
+        value("rlm_mem_rate_limit_rejections_total{dimension=\"user\"}"),
+        3.0
+    );
+    if run_redis {
+        assert_eq!(
+            value("rlm_redis_rate_limit_rejections_total{dimension=\"user\"}"),
+            3.0
+        );
+    }
+    assert!(!text.contains("rlm_mem_rate_limit_rejections_total{dimension=\"token\"}"));
+    assert_eq!(
+        value("rlm_dead_rate_limit_backend_errors_total{backend=\"redis\"}"),
+        2.0
+    );
+}
