@@ -18,9 +18,16 @@ local w = math.floor(now / window)
 local elapsed = now - w * window
 local out = {0, now}
 local ok = 1
+-- One MGET for every counter: current and previous window of each key.
+local names = {}
 for i, base in ipairs(KEYS) do
-  local curr = tonumber(redis.call('GET', base .. ':' .. string.format('%d', w)) or '0')
-  local prev = tonumber(redis.call('GET', base .. ':' .. string.format('%d', w - 1)) or '0')
+  names[2 * i - 1] = base .. ':' .. string.format('%d', w)
+  names[2 * i] = base .. ':' .. string.format('%d', w - 1)
+end
+local vals = redis.call('MGET', unpack(names))
+for i = 1, #KEYS do
+  local curr = tonumber(vals[2 * i - 1] or '0')
+  local prev = tonumber(vals[2 * i] or '0')
   local used = curr + math.floor(prev * (window - elapsed) / window)
   if used + cost > tonumber(ARGV[3 + i]) then
     ok = 0
@@ -29,8 +36,8 @@ for i, base in ipairs(KEYS) do
   out[#out + 1] = curr
 end
 if ok == 1 then
-  for _, base in ipairs(KEYS) do
-    local k = base .. ':' .. string.format('%d', w)
+  for i = 1, #KEYS do
+    local k = names[2 * i - 1]
     redis.call('INCRBY', k, cost)
     -- Kept while it can still matter: this window and the next one.
     redis.call('PEXPIRE', k, window * 2 + 1000)
