@@ -265,6 +265,15 @@ async fn rediss_urls_are_accepted_and_bad_urls_refused() {
     let l = redis_limiter_at(&format!("rediss://127.0.0.1:{port}/0"), "x");
     let d = l.check(&[(Dimension::Token, "t", 5)], 1).await;
     assert!(d.allowed && d.degraded);
+    if !scai_testkit::services::skip("rediss_handshake") {
+        // A TLS handshake against the plain-text Redis: the rustls client is really built
+        // (no crypto-provider panic) and the failed handshake fails open.
+        let plain = scai_testkit::services::redis_url();
+        let tls = plain.replacen("redis://", "rediss://", 1);
+        let l = redis_limiter_at(&tls, "x");
+        let d = l.check(&[(Dimension::Token, "t", 5)], 1).await;
+        assert!(d.allowed && d.degraded, "{d:?}");
+    }
     for bad in ["http://127.0.0.1:6379", "127.0.0.1:6379", ""] {
         assert!(
             Limiter::redis(bad, RedisOptions::default(), config()).is_err(),
