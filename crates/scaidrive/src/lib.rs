@@ -43,18 +43,18 @@ pub fn embedded_issuer(cfg: &Config) -> anyhow::Result<EmbeddedIssuer> {
 }
 
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    #[cfg(feature = "s3")]
     if let Some(s3) = &cfg.s3 {
-        #[cfg(feature = "s3")]
-        {
-            let store = storage::s3::S3Store::connect(s3).await.with_context(|| {
-                format!(
-                    "SCAIDRIVE_S3_ENDPOINT {}: bucket {}",
-                    s3.endpoint, s3.bucket
-                )
-            })?;
-            return Ok(Arc::new(store));
-        }
-        #[cfg(not(feature = "s3"))]
+        let store = storage::s3::S3Store::connect(s3).await.with_context(|| {
+            format!(
+                "SCAIDRIVE_S3_ENDPOINT {}: bucket {}",
+                s3.endpoint, s3.bucket
+            )
+        })?;
+        return Ok(Arc::new(store));
+    }
+    #[cfg(not(feature = "s3"))]
+    if cfg.s3.is_some() {
         anyhow::bail!(
             "SCAIDRIVE_S3_ENDPOINT is set but this build has no S3 support (feature `s3`)"
         );

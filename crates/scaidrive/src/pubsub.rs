@@ -24,3 +24,14 @@ impl ChangeNotifier for LogNotifier {
             resource_type = change.resource_type, resource_id = %change.resource_id, change_type = change.change_type);
     }
 }
+
+/// Report a change to a file or folder through the state's notifier.
+pub fn node_changed(state: &crate::AppState, node: &crate::fs::Node, change_type: &'static str) {
+    state.notifier.notify(Change {
+        tenant_id: node.tenant_id.clone(),
+        share_id: node.share_id.clone(),
+        resource_type: if node.is_folder() { "folder" } else { "file" },
+        resource_id: node.id.clone(),
+        change_type,
+    });
+}

@@ -179,3 +179,62 @@ async fn expired_session_is_gone() {
         .await;
     assert_err(st, &e, 410, "UPLOAD_SESSION_EXPIRED");
 }
+
+#[tokio::test]
+async fn worker_sweep_collects_abandoned_chunks_and_reports_storage() {
+    let Some(s) = Srv::start(
+        Backend::Sqlite,
+        &[
+            ("SCAIDRIVE_GC_GRACE", "0s".to_string()),
+            ("SCAIDRIVE_GC_INTERVAL", "200ms".to_string()),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let tok = s.token("acme", "alice", false);
+    let (share, root) = s.home(&tok).await;
+    let (st, _) = s
+        .upload(&tok, &root, "kept.bin", &common::data(70_000, 1))
+        .await;
+    assert_eq!(st, 201);
+    let kept = s.stored_bytes();
+    let (_, sess) = s.post(&tok, "/api/v1/uploads", json!({"share_id": share, "file_name": "abandoned.bin", "file_size": 100_000, "chunk_size": 65536})).await;
+    let sid = sess["session_id"].as_str().unwrap();
+    let (st, _) = s.put_chunk(&tok, sid, 0, common::data(65536, 9)).await;
+    assert_eq!(st, 200);
+    // While the session holds it, the chunk stays even with a zero grace period.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(s.stored_bytes(), kept + 65536);
+    let (st, _) = s.delete(&tok, &format!("/api/v1/uploads/{sid}")).await;
+    assert_eq!(st, 200);
+    let mut collected = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if s.stored_bytes() == kept {
+            collected = true;
+            break;
+        }
+    }
+    assert!(
+        collected,
+        "abandoned chunk not collected: {} bytes stored",
+        s.stored_bytes()
+    );
+    let r = s.download(&tok, "/api/v1/health", None).await;
+    assert_eq!(r.status(), 200);
+    let m = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("scaidrive_storage_bytes{tenant_id=\"tnt_acme\",type=\"files\"} 70000"),
+        "{m}"
+    );
+}

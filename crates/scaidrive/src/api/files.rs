@@ -47,6 +47,12 @@ pub async fn update(
     fs::require_write_role(&role)?;
     let updated =
         fs::update_node(&st.db, &c, &file, b.name.as_deref(), b.folder_id.as_deref()).await?;
+    let change = if updated.parent_id != file.parent_id {
+        "moved"
+    } else {
+        "renamed"
+    };
+    crate::pubsub::node_changed(&st, &updated, change);
     Ok(ok(StatusCode::OK, fs::node_json(&st.db, &updated).await?))
 }
 
@@ -59,6 +65,7 @@ pub async fn delete(
     let (file, role) = fs::get_node(&st.db, &c, &id, Kind::File, false).await?;
     fs::require_write_role(&role)?;
     fs::trash_node(&st.db, &c, &file).await?;
+    crate::pubsub::node_changed(&st, &file, "deleted");
     tracing::info!(event = "file_deleted", tenant_id = %c.tenant_id, file_id = %file.id);
     Ok(ok(
         StatusCode::OK,
@@ -208,6 +215,7 @@ pub async fn upload(
     let mp = mp.map_err(multipart_error)?;
     let (target, content) = read_multipart(&st, &c, mp, None).await?;
     let node = commit(&st, &c, target, content).await?;
+    crate::pubsub::node_changed(&st, &node, "created");
     tracing::info!(event = "file_uploaded", tenant_id = %c.tenant_id, file_id = %node.id, size = node.size);
     Ok(ok(StatusCode::CREATED, fs::node_json(&st.db, &node).await?))
 }
@@ -225,6 +233,7 @@ pub async fn upload_version(
     let mp = mp.map_err(multipart_error)?;
     let (target, content) = read_multipart(&st, &c, mp, Some(&file)).await?;
     let node = commit(&st, &c, target, content).await?;
+    crate::pubsub::node_changed(&st, &node, "updated");
     Ok(ok(StatusCode::CREATED, fs::node_json(&st.db, &node).await?))
 }
 
@@ -390,6 +399,7 @@ pub async fn restore(
         content,
     )
     .await?;
+    crate::pubsub::node_changed(&st, &node, "updated");
     tracing::info!(event = "version_restored", tenant_id = %c.tenant_id, file_id = %file.id, from_version = v.version_number, new_version = node.version);
     Ok(ok(StatusCode::CREATED, fs::node_json(&st.db, &node).await?))
 }

@@ -32,6 +32,7 @@ pub async fn create(
     let parent =
         fs::target_folder(&st.db, &c, b.share_id.as_deref(), b.parent_id.as_deref()).await?;
     let folder = fs::create_folder(&st.db, &c, &parent, &b.name).await?;
+    crate::pubsub::node_changed(&st, &folder, "created");
     tracing::info!(event = "folder_created", tenant_id = %c.tenant_id, folder_id = %folder.id);
     Ok(ok(
         StatusCode::CREATED,
@@ -73,6 +74,15 @@ pub async fn update(
         b.parent_id.as_deref(),
     )
     .await?;
+    crate::pubsub::node_changed(
+        &st,
+        &updated,
+        if updated.parent_id != folder.parent_id {
+            "moved"
+        } else {
+            "renamed"
+        },
+    );
     Ok(ok(StatusCode::OK, fs::node_json(&st.db, &updated).await?))
 }
 
@@ -85,6 +95,7 @@ pub async fn delete(
     let (folder, role) = fs::get_node(&st.db, &c, &id, Kind::Folder, false).await?;
     fs::require_write_role(&role)?;
     fs::trash_node(&st.db, &c, &folder).await?;
+    crate::pubsub::node_changed(&st, &folder, "deleted");
     tracing::info!(event = "folder_deleted", tenant_id = %c.tenant_id, folder_id = %folder.id);
     Ok(ok(
         StatusCode::OK,

@@ -117,6 +117,12 @@ pub async fn complete(
     c.require_write()?;
     let s = upload::load_session(&st, &c, &id, true).await?;
     let node = upload::complete(&st, &c, &s).await?;
+    let change = if node.version > 1 {
+        "updated"
+    } else {
+        "created"
+    };
+    crate::pubsub::node_changed(&st, &node, change);
     let mut body = fs::node_json(&st.db, &node).await?;
     body["file_id"] = json!(node.id);
     body["session_id"] = json!(s.id);

@@ -495,7 +495,8 @@ pub async fn list_children(
         "SELECT {NODE_COLS} FROM nodes WHERE tenant_id = ? AND parent_id = ?{deleted_filter}"
     );
     if after.is_some() {
-        sql.push_str(" AND (name > ? OR (name = ? AND id > ?))");
+        // `name >= ?` is the index range on both engines; the rest trims equal names.
+        sql.push_str(" AND name >= ? AND (name > ? OR id > ?)");
     }
     sql.push_str(" ORDER BY name, id LIMIT ?");
     let mut q = sqlx::query_as::<_, Node>(&sql)
@@ -504,20 +505,20 @@ pub async fn list_children(
     if let Some((n, i)) = &after {
         q = q.bind(n.clone()).bind(n.clone()).bind(i.clone());
     }
-    let mut items = q.bind(limit + 1).fetch_all(&db.pool).await?;
+    let count_sql =
+        format!("SELECT COUNT(*) FROM nodes WHERE tenant_id = ? AND parent_id = ?{deleted_filter}");
+    let count = sqlx::query_scalar::<_, i64>(&count_sql)
+        .bind(&c.tenant_id)
+        .bind(&folder.id)
+        .fetch_one(&db.pool);
+    // The page and the (index-only) count run on two connections at once.
+    let (mut items, total) = futures::try_join!(q.bind(limit + 1).fetch_all(&db.pool), count)?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
         items.last().map(|n| encode_cursor(&n.name, &n.id))
     } else {
         None
     };
-    let total: i64 = sqlx::query_scalar(&format!(
-        "SELECT COUNT(*) FROM nodes WHERE tenant_id = ? AND parent_id = ?{deleted_filter}"
-    ))
-    .bind(&c.tenant_id)
-    .bind(&folder.id)
-    .fetch_one(&db.pool)
-    .await?;
     Ok(Page {
         items,
         next_cursor,

@@ -96,6 +96,7 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<SweepReport> {
             report.chunks_collected += 1;
         }
     }
+    record_storage_bytes(state).await?;
     if report != SweepReport::default() {
         tracing::info!(
             event = "maintenance_sweep",
@@ -104,6 +105,29 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<SweepReport> {
         );
     }
     Ok(report)
+}
+
+/// `scaidrive_storage_bytes{tenant_id,type}`: logical bytes of live files, of older versions
+/// and of files in the trash (before deduplication).
+async fn record_storage_bytes(state: &AppState) -> anyhow::Result<()> {
+    let queries = [
+        ("files", "SELECT tenant_id, CAST(SUM(size) AS SIGNED) FROM nodes WHERE kind = 'file' AND is_deleted = 0 GROUP BY tenant_id"),
+        ("trash", "SELECT tenant_id, CAST(SUM(size) AS SIGNED) FROM nodes WHERE kind = 'file' AND is_deleted = 1 GROUP BY tenant_id"),
+        (
+            "versions",
+            "SELECT v.tenant_id, CAST(SUM(v.size) AS SIGNED) FROM versions v JOIN nodes n ON n.tenant_id = v.tenant_id AND n.id = v.file_id \
+             WHERE v.id <> n.version_id GROUP BY v.tenant_id",
+        ),
+    ];
+    for (kind, sql) in queries {
+        let rows: Vec<(String, Option<i64>)> =
+            sqlx::query_as(sql).fetch_all(&state.db.pool).await?;
+        for (tenant, bytes) in rows {
+            metrics::gauge!("scaidrive_storage_bytes", "tenant_id" => tenant, "type" => kind)
+                .set(bytes.unwrap_or(0) as f64);
+        }
+    }
+    Ok(())
 }
 
 /// Sweep every `gc_interval` until the process stops.

@@ -1,12 +1,15 @@
-//! Whole-file SHA-256 of a resumable upload, computed while chunks arrive: chunks may come in
-//! any order, so a per-session hasher consumes them in index order as soon as they are
-//! contiguous (re-reading each from the store, where it is still in the page cache). By the
-//! time the client calls complete, the hash is (nearly) done, so complete does not read the
-//! file. After a restart, or on another replica, the hasher simply starts again from chunk 0.
+//! Whole-file SHA-256 of a resumable upload, computed while chunks arrive, so `complete` never
+//! reads the file. Chunks may come in any order: the chunk PUT that is next in index order is
+//! hashed from its in-memory bytes right away; one that arrives early is kept in memory (within
+//! a global budget) until the gap before it is filled, and beyond the budget it is re-read from
+//! the store later. After a restart, or on another replica, the hasher simply starts again from
+//! chunk 0 and reads what it is missing from the store.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
@@ -14,18 +17,69 @@ use crate::error::{ApiError, ApiResult};
 use crate::storage::chunk_key;
 use crate::AppState;
 
+/// Bytes of early chunks all sessions together may hold in memory.
+const STASH_BUDGET: usize = 256 << 20;
+
 struct Running {
     next: i64,
     sha: Sha256,
+    early: BTreeMap<i64, Bytes>,
+    early_bytes: usize,
+    budget: Arc<AtomicUsize>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.early_bytes, Ordering::Relaxed);
+    }
+}
+
+impl Running {
+    fn take_early(&mut self, i: i64) -> Option<Bytes> {
+        let d = self.early.remove(&i)?;
+        self.early_bytes -= d.len();
+        self.budget.fetch_sub(d.len(), Ordering::Relaxed);
+        Some(d)
+    }
+
+    fn stash(&mut self, i: i64, data: Bytes) {
+        if let Some(old) = self.take_early(i) {
+            drop(old);
+        }
+        let len = data.len();
+        let used = self.budget.fetch_add(len, Ordering::Relaxed);
+        if used + len > STASH_BUDGET {
+            // Over budget: forget it; it will be read back from the store.
+            self.budget.fetch_sub(len, Ordering::Relaxed);
+            return;
+        }
+        self.early_bytes += len;
+        self.early.insert(i, data);
+    }
+
+    async fn consume(&mut self, data: Bytes) -> ApiResult<()> {
+        let sha = std::mem::take(&mut self.sha);
+        self.sha = tokio::task::spawn_blocking(move || {
+            let mut sha = sha;
+            sha.update(&data);
+            sha
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        self.next += 1;
+        Ok(())
+    }
 }
 
 #[derive(Default)]
 pub struct Hashers {
     map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Running>>>>,
+    budget: Arc<AtomicUsize>,
 }
 
 impl Hashers {
     fn entry(&self, session_id: &str) -> Arc<tokio::sync::Mutex<Running>> {
+        let budget = self.budget.clone();
         self.map
             .lock()
             .entry(session_id.to_string())
@@ -33,6 +87,9 @@ impl Hashers {
                 Arc::new(tokio::sync::Mutex::new(Running {
                     next: 0,
                     sha: Sha256::new(),
+                    early: BTreeMap::new(),
+                    early_bytes: 0,
+                    budget,
                 }))
             })
             .clone()
@@ -43,42 +100,49 @@ impl Hashers {
         self.map.lock().remove(session_id);
     }
 
-    /// How far the hasher has consumed (chunks `0..n` are in the running hash).
+    /// How far the hasher has consumed (chunks `0..n` are in the running hash); `None` when
+    /// unknown or busy.
     pub fn consumed(&self, session_id: &str) -> Option<i64> {
         let e = self.map.lock().get(session_id).cloned()?;
         e.try_lock().ok().map(|r| r.next)
     }
 }
 
-/// Consume every contiguous chunk that has arrived. Returns the next index still missing.
+/// Feed chunk `index` (just stored, its part row written) and consume every contiguous chunk
+/// available. Returns the next index still missing.
 pub async fn advance(
     state: &AppState,
     tenant_id: &str,
     session_id: &str,
     total: i64,
+    arrived: Option<(i64, Bytes)>,
 ) -> ApiResult<i64> {
     let entry = state.hashers.entry(session_id);
     let mut run = entry.lock().await;
+    if let Some((i, data)) = arrived {
+        if i == run.next {
+            run.consume(data).await?;
+        } else if i > run.next {
+            run.stash(i, data);
+        }
+    }
     while run.next < total {
+        let i = run.next;
+        if let Some(d) = run.take_early(i) {
+            run.consume(d).await?;
+            continue;
+        }
         let hash: Option<String> = sqlx::query_scalar(
             "SELECT hash FROM upload_parts WHERE tenant_id = ? AND session_id = ? AND idx = ?",
         )
         .bind(tenant_id)
         .bind(session_id)
-        .bind(run.next)
+        .bind(i)
         .fetch_optional(&state.db.pool)
         .await?;
         let Some(hash) = hash else { break };
         let data = state.store.read_all(&chunk_key(tenant_id, &hash)).await?;
-        let sha = std::mem::take(&mut run.sha);
-        run.sha = tokio::task::spawn_blocking(move || {
-            let mut sha = sha;
-            sha.update(&data);
-            sha
-        })
-        .await
-        .map_err(ApiError::internal)?;
-        run.next += 1;
+        run.consume(data).await?;
     }
     Ok(run.next)
 }
@@ -90,7 +154,7 @@ pub async fn finish(
     session_id: &str,
     total: i64,
 ) -> ApiResult<String> {
-    let next = advance(state, tenant_id, session_id, total).await?;
+    let next = advance(state, tenant_id, session_id, total, None).await?;
     if next < total {
         return Err(ApiError::internal(format!(
             "hasher stopped at chunk {next} of {total}"
@@ -99,13 +163,4 @@ pub async fn finish(
     let entry = state.hashers.entry(session_id);
     let run = entry.lock().await;
     Ok(hex::encode(run.sha.clone().finalize()))
-}
-
-/// Run [`advance`] in the background after a chunk lands.
-pub fn spawn_advance(state: Arc<AppState>, tenant_id: String, session_id: String, total: i64) {
-    tokio::spawn(async move {
-        if let Err(e) = advance(&state, &tenant_id, &session_id, total).await {
-            tracing::warn!(event = "upload_hash_deferred", session_id = %session_id, error = %e);
-        }
-    });
 }

@@ -304,7 +304,7 @@ pub async fn put_chunk(
         });
     }
     let size = data.len() as i64;
-    let hash = ingest_chunk(state, &c.tenant_id, data).await?;
+    let hash = ingest_chunk(state, &c.tenant_id, data.clone()).await?;
     if let Some(d) = declared_sha {
         if !d.eq_ignore_ascii_case(&hash) {
             return Err(ApiError::ChecksumMismatch {
@@ -343,12 +343,16 @@ pub async fn put_chunk(
         // A consumed chunk was replaced by different bytes: rehash from the start.
         state.hashers.reset(&s.id);
     }
-    hasher::spawn_advance(
-        state.clone(),
-        c.tenant_id.clone(),
-        s.id.clone(),
+    // The in-order chunk is hashed here from memory, so by the time the client has all its
+    // PUT answers the whole-file hash is done and complete does not read the file.
+    hasher::advance(
+        state,
+        &c.tenant_id,
+        &s.id,
         s.total_chunks,
-    );
+        Some((index, data)),
+    )
+    .await?;
     Ok(json!({"session_id": s.id, "chunk_index": index, "size": size, "sha256": hash}))
 }
 
