@@ -322,21 +322,24 @@ pub async fn put_chunk(
     .bind(index)
     .fetch_optional(&state.db.pool)
     .await?;
-    // The part row is the commit point of the chunk: its bytes are already durable.
+    // The part row is the commit point of the chunk: its bytes are already durable. One
+    // transaction (one fsync) for the part and the session's activity time.
+    let mut tx = state.db.pool.begin().await?;
     sqlx::query(state.db.upsert_part_sql())
         .bind(&c.tenant_id)
         .bind(&s.id)
         .bind(index)
         .bind(&hash)
         .bind(size)
-        .execute(&state.db.pool)
+        .execute(&mut *tx)
         .await?;
     sqlx::query("UPDATE upload_sessions SET last_activity_at = ? WHERE tenant_id = ? AND id = ?")
         .bind(now())
         .bind(&c.tenant_id)
         .bind(&s.id)
-        .execute(&state.db.pool)
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     if previous.as_deref().is_some_and(|p| p != hash)
         && state.hashers.consumed(&s.id).is_none_or(|n| n > index)
     {
