@@ -31,7 +31,8 @@ pub struct CloseRequest {
 struct Inner {
     frames: VecDeque<Frame>,
     close: Option<CloseRequest>,
-    /// Drops not yet reported to the client.
+    /// Positioned frames dropped since the writer last looked (it then catches up from
+    /// the store).
     unreported_drops: u64,
 }
 
@@ -69,7 +70,11 @@ impl SessionQueue {
                 return true;
             }
             if g.frames.len() >= self.capacity {
-                g.unreported_drops += 1;
+                // Only positioned frames can be recovered from the store; a dropped
+                // ephemeral frame (typing, presence) is just counted.
+                if frame.position.is_some() {
+                    g.unreported_drops += 1;
+                }
                 false
             } else {
                 g.frames.push_back(frame);

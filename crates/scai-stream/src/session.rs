@@ -115,6 +115,9 @@ where
     E: Payload,
     F: FnMut(&str) -> Option<String> + Send,
 {
+    // The committed head before registering: a session without `since` starts "live from
+    // now" and must not treat older positions as missed when its queue overflows.
+    let db_head = hub.source().head(&opts.tenant).await.unwrap_or(0);
     let reg = hub
         .register(&opts.tenant, &opts.user, &opts.conn_key, &opts.session_id)
         .await;
@@ -124,8 +127,8 @@ where
         if tx.send(Message::Text(Utf8Bytes::from(opts.hello.as_str()))).await.is_err() {
             return Ended::Gone;
         }
-        let mut last = opts.since.unwrap_or(reg.head_at_start);
-        if opts.since.is_some() && replay(&hub, &opts, &mut tx, &mut last).await.is_err() {
+        let mut last = opts.since.unwrap_or(reg.head_at_start.max(db_head));
+        if opts.since.is_some() && Box::pin(replay(&hub, &opts, &mut tx, &mut last)).await.is_err() {
             return Ended::Gone;
         }
         let mut ping = tokio::time::interval_at(Instant::now() + opts.ping_interval, opts.ping_interval);
@@ -149,7 +152,7 @@ where
                     if batch.dropped > 0 {
                         // The queue overflowed: what was dropped is in the store; catch up
                         // from it before taking more live frames (which skip by position).
-                        if replay(&hub, &opts, &mut tx, &mut last).await.is_err() {
+                        if Box::pin(replay(&hub, &opts, &mut tx, &mut last)).await.is_err() {
                             return Ended::Gone;
                         }
                     }

@@ -80,6 +80,26 @@ pub async fn joined(db: &Db, tenant: &str, room: &str) -> Result<Vec<String>, sq
     rows.iter().map(|r| r.try_get::<String, _>(0)).collect()
 }
 
+/// Everyone who shares a joined room with `user` (presence goes to them, not the tenant).
+pub async fn co_members(db: &Db, tenant: &str, user: &str) -> Result<Vec<String>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT DISTINCT m2.participant_id FROM sw_members m1 JOIN sw_members m2 ON m2.tenant_id = m1.tenant_id AND m2.room_id = m1.room_id \
+         WHERE m1.tenant_id = ? AND m1.participant_id = ? AND m1.membership = 'join' AND m2.membership = 'join'",
+    )
+    .bind(tenant)
+    .bind(user)
+    .fetch_all(&db.pool)
+    .await?;
+    let mut out: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<_, _>>()?;
+    if !out.iter().any(|u| u == user) {
+        out.push(user.to_string());
+    }
+    Ok(out)
+}
+
 /// Who receives `e` live (computed after commit, from current membership).
 pub fn audience_for(e: &EventRow, members: &[String]) -> Audience {
     if e.event_type == READ_MARKER {

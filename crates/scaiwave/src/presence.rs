@@ -69,11 +69,18 @@ pub async fn typing(
 }
 
 pub async fn publish_presence(app: &App, tenant: &str, user: &str, status: &str) {
+    let audience = match crate::events::co_members(&app.db, tenant, user).await {
+        Ok(users) => Audience::users(users),
+        Err(e) => {
+            tracing::warn!(event = "ws.fanout_failed", tenant = %tenant, error = %e, "ws.fanout_failed: presence audience");
+            return;
+        }
+    };
     app.hub
         .publish(Delivery {
             tenant: tenant.to_string(),
             position: None,
-            audience: Audience::Tenant,
+            audience,
             payload: json!({"type": "presence", "participant_id": user, "status": status, "tenant_id": tenant, "ts": iso(crate::db::now_ms())}),
         })
         .await;
