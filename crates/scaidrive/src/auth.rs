@@ -135,6 +135,21 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             return Err(ApiError::UserSuspended);
         }
         caller.is_admin |= db_admin;
+        // The rate-limit seam: every authenticated request costs one unit here.
+        if let crate::ratelimit::Decision::Reject {
+            dimension,
+            retry_after_secs,
+        } = state
+            .rate_limiter
+            .check(&caller.tenant_id, &caller.user_id, 1)
+        {
+            metrics::counter!("scaidrive_rate_limit_rejections_total", "dimension" => dimension)
+                .increment(1);
+            return Err(ApiError::RateLimited {
+                dimension,
+                retry_after: retry_after_secs,
+            });
+        }
         Ok(caller)
     }
 }

@@ -67,6 +67,8 @@ pub struct Config {
     pub secret_key: Option<String>,
     pub encryption_key: Option<String>,
     pub cors_origins: Vec<String>,
+    /// `SCAIDRIVE_RATE_LIMIT_USER_PER_MINUTE` (5000, the digest's per-user default; 0 = off).
+    pub rate_limit_user_per_minute: u32,
     /// `SCAIDRIVE_LOG_LEVEL` (INFO).
     pub log_level: String,
 }
@@ -178,6 +180,10 @@ impl Config {
             secret_key: env::opt_string("SCAIDRIVE_SECRET_KEY"),
             encryption_key: env::opt_string("SCAIDRIVE_ENCRYPTION_KEY"),
             cors_origins: env::list("SCAIDRIVE_CORS_ORIGINS"),
+            rate_limit_user_per_minute: env::parse_or(
+                "SCAIDRIVE_RATE_LIMIT_USER_PER_MINUTE",
+                5000u32,
+            )?,
             log_level: env::string_or("SCAIDRIVE_LOG_LEVEL", "INFO"),
         })
     }

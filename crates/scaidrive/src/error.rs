@@ -47,6 +47,11 @@ pub enum ApiError {
     },
     #[error("requested range not satisfiable")]
     RangeNotSatisfiable { size: u64 },
+    #[error("rate limit exceeded for {dimension}")]
+    RateLimited {
+        dimension: &'static str,
+        retry_after: u64,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -93,6 +98,7 @@ impl ApiError {
             }
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -113,6 +119,7 @@ impl ApiError {
             ApiError::Validation { .. } => "VALIDATION_ERROR",
             ApiError::BadRequest { code, .. } | ApiError::Conflict { code, .. } => code,
             ApiError::RangeNotSatisfiable { .. } => "RANGE_NOT_SATISFIABLE",
+            ApiError::RateLimited { .. } => "RATE_LIMITED",
             ApiError::Unavailable(_) => "SERVICE_UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL_ERROR",
         }
@@ -131,6 +138,12 @@ impl ApiError {
             | ApiError::BadRequest { details, .. }
             | ApiError::Conflict { details, .. } => details.clone(),
             ApiError::RangeNotSatisfiable { size } => json!({"size": size}),
+            ApiError::RateLimited {
+                dimension,
+                retry_after,
+            } => {
+                json!({"dimension": dimension, "retry_after": retry_after})
+            }
             _ => Value::Null,
         }
     }
@@ -159,6 +172,10 @@ impl IntoResponse for ApiError {
         };
         let body = envelope(self.code(), &message, self.details());
         let mut resp = (status, axum::Json(body)).into_response();
+        if let ApiError::RateLimited { retry_after, .. } = &self {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
         if let ApiError::RangeNotSatisfiable { size } = self {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 resp.headers_mut().insert(http::header::CONTENT_RANGE, v);

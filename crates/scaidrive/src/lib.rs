@@ -85,6 +85,10 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
         leeway: cfg.jwt_leeway,
         embedded,
     });
+    let rate_limiter: Arc<dyn ratelimit::RateLimiter> = match cfg.rate_limit_user_per_minute {
+        0 => Arc::new(ratelimit::Unlimited),
+        n => Arc::new(ratelimit::PerUserWindow::new(n)),
+    };
     Ok(Arc::new(AppState {
         cfg: Arc::new(cfg),
         db,
@@ -93,7 +97,7 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
         hashers: Default::default(),
         jobs: Arc::new(jobs::InProcessQueue),
         notifier: Arc::new(pubsub::LogNotifier),
-        rate_limiter: Arc::new(ratelimit::Unlimited),
+        rate_limiter,
     }))
 }
 

@@ -91,6 +91,13 @@ async fn api_role_refuses_unmigrated_schema_then_migrate() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("scaidrive migrate"), "{err}");
     let out = std::process::Command::new(common::BIN)
+        .arg("worker")
+        .envs(envs.iter().cloned())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scaidrive migrate"));
+    let out = std::process::Command::new(common::BIN)
         .arg("migrate")
         .envs(envs.iter().cloned())
         .output()
@@ -145,7 +152,12 @@ async fn migrate_accepts_asyncmy_url_on_mariadb() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("applied 1"));
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        so.contains("applied 1"),
+        "stdout {so:?} stderr {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run("migrate");
     assert!(String::from_utf8_lossy(&out.stdout).contains("applied 0"));
 }
@@ -235,6 +247,66 @@ async fn worker_sweep_collects_abandoned_chunks_and_reports_storage() {
         .unwrap();
     assert!(
         m.contains("scaidrive_storage_bytes{tenant_id=\"tnt_acme\",type=\"files\"} 70000"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn rate_limited_per_user() {
+    let Some(s) = Srv::start(
+        Backend::Sqlite,
+        &[("SCAIDRIVE_RATE_LIMIT_USER_PER_MINUTE", "5".to_string())],
+    )
+    .await
+    else {
+        return;
+    };
+    let tok = s.token("acme", "alice", false);
+    let other = s.token("acme", "bob", false);
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        let r = s
+            .http
+            .get(s.url("/api/v1/users/me"))
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            let retry: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=60).contains(&retry));
+            let (st, e) = common::json_of(r).await;
+            assert_err(st, &e, 429, "RATE_LIMITED");
+            assert_eq!(e["error"]["details"]["dimension"], "user");
+        }
+    }
+    // A window can roll over mid-test; then the count restarts, so at least 5 pass.
+    assert!(
+        statuses.iter().filter(|s| **s == 200).count() >= 5,
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // Another user is not affected; unauthenticated health is never limited.
+    let (st, _) = s.get(&other, "/api/v1/users/me").await;
+    assert_eq!(st, 200);
+    let (st, _) = s.get(&tok, "/api/v1/health").await;
+    assert_eq!(st, 200);
+    let m = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("scaidrive_rate_limit_rejections_total{dimension=\"user\"}"),
         "{m}"
     );
 }
