@@ -21,6 +21,9 @@ use crate::meta::{FileMetadata, REFERENCE_NAME};
 
 pub struct S3Backend {
     client: Client,
+    /// Same endpoint without retries, for the first HEAD of a lookup (a 500 there is
+    /// disambiguated by listing instead of being retried with backoff).
+    head_client: Client,
     spool: PathBuf,
 }
 
@@ -54,10 +57,7 @@ fn status_of<E, R>(e: &SdkError<E, R>) -> Option<u16>
 where
     R: HasStatus,
 {
-    match e {
-        SdkError::ServiceError(se) => Some(se.raw().status_code()),
-        _ => None,
-    }
+    e.raw_response().map(|r| r.status_code())
 }
 
 trait HasStatus {
@@ -91,8 +91,13 @@ impl S3Backend {
             .endpoint_url(&cfg.endpoint)
             .force_path_style(cfg.path_style)
             .build();
+        let head_conf = conf
+            .to_builder()
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+            .build();
         Ok(S3Backend {
             client: Client::from_conf(conf),
+            head_client: Client::from_conf(head_conf),
             spool,
         })
     }
@@ -108,15 +113,45 @@ impl S3Backend {
         })
     }
 
-    async fn head_meta(&self, bucket: &str, key: &str) -> Result<Option<StoredObject>, ProxyError> {
-        match self
+    /// Whether `key` exists as an object, by listing (for HEAD answers that cannot tell:
+    /// some S3 servers answer 500 to a HEAD on a key that is only a prefix).
+    async fn listed(&self, bucket: &str, key: &str) -> Result<bool, ProxyError> {
+        let out = self
             .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(key)
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(be)?;
+        Ok(out.contents().iter().any(|o| o.key() == Some(key)))
+    }
+
+    async fn head_meta(&self, bucket: &str, key: &str) -> Result<Option<StoredObject>, ProxyError> {
+        let first = self
+            .head_client
             .head_object()
             .bucket(bucket)
             .key(key)
             .send()
-            .await
-        {
+            .await;
+        let res = match first {
+            Err(e) if status_of(&e) != Some(404) => {
+                tracing::debug!(bucket, key, error = ?e, "upstream HEAD failed; checking by listing");
+                if !self.listed(bucket, key).await? {
+                    return Ok(None);
+                }
+                self.client
+                    .head_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+            }
+            other => other,
+        };
+        match res {
             Ok(h) => {
                 let m: BTreeMap<String, String> = h
                     .metadata()
