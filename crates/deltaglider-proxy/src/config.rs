@@ -286,6 +286,33 @@ impl Config {
         })
     }
 
+    /// Defaults with the given data dir and bootstrap keys (used by `bench`).
+    pub fn with_defaults(data_dir: PathBuf, access_key_id: &str, secret: &str) -> Config {
+        Config {
+            listen_addr: "127.0.0.1:0".into(),
+            data_dir,
+            max_multipart_uploads: 1000,
+            audit_ring_size: 500,
+            debug_headers: false,
+            max_delta_ratio: 0.75,
+            max_object_size: 104_857_600,
+            cache_mb: 1024,
+            codec_concurrency: 16,
+            codec_timeout_secs: 60,
+            codec: Codec::Xdelta3,
+            clock_skew_seconds: 300,
+            auth_none: false,
+            access_key_id: Some(access_key_id.into()),
+            secret_access_key: Some(secret.into()),
+            bootstrap_password_hash: None,
+            session_ttl_hours: 4,
+            trust_proxy_headers: false,
+            iam_declarative: false,
+            file: FileConfig::default(),
+            config_path: None,
+        }
+    }
+
     /// The singleton S3 backend from env (`DGP_S3_ENDPOINT`) or the file, if any.
     pub fn default_s3(&self) -> Result<Option<crate::backend::s3::S3BackendConfig>, ProxyError> {
         let st = &self.file.storage;
