@@ -29,6 +29,16 @@ async fn health_ready_metrics_request_id(b: Backend) {
     assert_eq!(st, 200, "{ready}");
     assert_eq!(ready["checks"]["database"], true);
     assert_eq!(ready["checks"]["storage"], true);
+    let (st, cfg) =
+        common::json_of(s.http.get(s.url("/api/v1/config")).send().await.unwrap()).await;
+    assert_eq!(st, 200, "{cfg}");
+    assert_eq!(cfg["limits"]["max_file_size_bytes"], 5u64 << 30);
+    assert!(
+        cfg["limits"]["max_upload_chunk_size_bytes"]
+            .as_u64()
+            .unwrap()
+            >= 4 << 20
+    );
     // A generated id when none is sent, echoed in header and body alike.
     let tok = s.token("acme", "alice", false);
     let r = s
@@ -583,6 +593,12 @@ async fn resumable_upload_dedup_and_errors(b: Backend) {
     assert_err(st, &e, 404, "UPLOAD_SESSION_NOT_FOUND");
     // Tenant file size limit: 413 on session creation and on simple upload.
     let admin = s.token("acme", "root", true);
+    let (st, t0) = s.get(&admin, "/api/v1/admin/tenant").await;
+    assert_eq!(st, 200, "{t0}");
+    assert_eq!(t0["id"], "tnt_acme");
+    assert_eq!(t0["settings"]["max_file_size_bytes"], 5u64 << 30);
+    let (st, e) = s.get(&tok, "/api/v1/admin/tenant").await;
+    assert_err(st, &e, 403, "AUTHZ_PERMISSION_DENIED");
     let (st, t) = s
         .patch(
             &admin,
