@@ -28,6 +28,19 @@ pub struct BucketPolicy {
     pub public: bool,
 }
 
+/// `encryption:` of a backend (or `storage.backend_encryption` for the singleton).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EncryptionSpec {
+    pub mode: Option<String>,
+    #[serde(skip_serializing)]
+    pub key: Option<String>,
+    pub key_id: Option<String>,
+    #[serde(skip_serializing)]
+    pub legacy_key: Option<String>,
+    pub legacy_key_id: Option<String>,
+}
+
 /// One named backend (`storage.backends[]`, or the singleton `storage.backend`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -42,11 +55,15 @@ pub struct BackendSpec {
     pub access_key_id: Option<String>,
     #[serde(skip_serializing)]
     pub secret_access_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionSpec>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StorageSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_encryption: Option<EncryptionSpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filesystem: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

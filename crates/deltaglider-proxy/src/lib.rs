@@ -8,6 +8,7 @@ pub mod audit;
 pub mod backend;
 pub mod bench;
 pub mod config;
+pub mod crypto;
 pub mod delta;
 pub mod error;
 pub mod iam;
@@ -70,11 +71,27 @@ fn build_backends(cfg: &Config) -> Result<(Backends, String), ProxyError> {
         };
         map.insert(b.name.clone(), be);
     }
+    // Two backends pinning the same key id must hold the same key bytes.
+    let mut pinned = Vec::new();
+    for b in &cfg.file.storage.backends {
+        if let Some(be) = map.remove(&b.name) {
+            map.insert(
+                b.name.clone(),
+                wrap_encryption(be, &b.name, b.encryption.as_ref(), &mut pinned)?,
+            );
+        }
+    }
     let default = if map.is_empty() {
         let be: Arc<dyn Backend> = match cfg.default_s3()? {
             Some(s3) => Arc::new(S3Backend::new(&s3, spool.join("default"))?),
             None => Arc::new(FsBackend::open(&cfg.data_dir)?),
         };
+        let be = wrap_encryption(
+            be,
+            "default",
+            cfg.file.storage.backend_encryption.as_ref(),
+            &mut pinned,
+        )?;
         map.insert("default".into(), be);
         "default".to_string()
     } else {
@@ -97,6 +114,93 @@ fn build_backends(cfg: &Config) -> Result<(Backends, String), ProxyError> {
         }
     }
     Ok((map, default))
+}
+
+/// Env name of a backend's key: `DGP_BACKEND_<NAME>_ENCRYPTION_KEY` (the singleton uses
+/// `DGP_ENCRYPTION_KEY`).
+fn key_env(name: &str) -> String {
+    if name == "default" {
+        "DGP_ENCRYPTION_KEY".into()
+    } else {
+        format!(
+            "DGP_BACKEND_{}_ENCRYPTION_KEY",
+            name.to_ascii_uppercase().replace(['-', '.'], "_")
+        )
+    }
+}
+
+/// Wraps a backend in proxy-side AES-256-GCM when it has a key (env first, then YAML).
+fn wrap_encryption(
+    be: Arc<dyn Backend>,
+    name: &str,
+    spec: Option<&config::EncryptionSpec>,
+    pinned: &mut Vec<(String, crypto::KeyGen)>,
+) -> Result<Arc<dyn Backend>, ProxyError> {
+    let var = key_env(name);
+    let env_key = scai_core::config::opt_string(&var);
+    let spec = spec.cloned().unwrap_or_default();
+    let mode = spec.mode.clone().unwrap_or_else(|| {
+        if env_key.is_some() {
+            "aes256-gcm-proxy".into()
+        } else {
+            "none".into()
+        }
+    });
+    match mode.as_str() {
+        "none" | "aes256-gcm-proxy" => {}
+        "sse-kms" | "sse-s3" if be.kind() == "filesystem" => {
+            return Err(ProxyError::Config(format!(
+                "backend {name:?}: {mode} works only on S3 backends"
+            )))
+        }
+        other => {
+            return Err(ProxyError::Config(format!(
+                "backend {name:?}: encryption mode {other:?} is not supported by this proxy"
+            )))
+        }
+    }
+    let key = if mode == "aes256-gcm-proxy" {
+        match (env_key, spec.key.clone()) {
+            (Some(k), _) => Some(crypto::KeyGen::parse(name, &k, spec.key_id.as_deref())?),
+            (None, Some(k)) => {
+                tracing::warn!("backend '{name}' encryption key was loaded from config file (not DGP_*_ENCRYPTION_KEY)");
+                Some(crypto::KeyGen::parse(name, &k, spec.key_id.as_deref())?)
+            }
+            (None, None) => {
+                tracing::warn!(backend = %name, "proxy-AES encryption mode without a key: writes land in plaintext");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let legacy = match &spec.legacy_key {
+        Some(k) => Some(crypto::KeyGen::parse(
+            name,
+            k,
+            spec.legacy_key_id.as_deref(),
+        )?),
+        None => None,
+    };
+    if let (Some(k), Some(_)) = (&key, &spec.key_id) {
+        for (other, ok) in pinned.iter() {
+            if ok.id == k.id && !ok.same_key(k) {
+                return Err(ProxyError::Config(format!(
+                    "backends {other} and {name} share key_id but declare DIFFERENT keys"
+                )));
+            }
+        }
+        pinned.push((name.to_string(), k.clone()));
+    }
+    if key.is_none() && legacy.is_none() {
+        return Ok(be);
+    }
+    Ok(Arc::new(crypto::EncryptedBackend {
+        inner: be,
+        name: name.to_string(),
+        current: key,
+        legacy,
+    }))
 }
 
 /// Builds the shared state (backends, engine, IAM) from the config.

@@ -96,6 +96,11 @@ pub struct FileMetadata {
     pub delta_codec: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub user_metadata: BTreeMap<String, String>,
+    /// Encryption-at-rest marker (`aes-256-gcm-v1` or `aes-256-gcm-chunked-v1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key_id: Option<String>,
 }
 
 /// UTC timestamp with microseconds, the format every DeltaGlider writer uses.
@@ -196,6 +201,12 @@ impl FileMetadata {
         if self.note() == Note::Passthrough {
             m.insert("dg-compression".into(), "none".into());
         }
+        if let Some(v) = &self.encrypted {
+            m.insert("dg-encrypted".into(), v.clone());
+        }
+        if let Some(v) = &self.encryption_key_id {
+            m.insert("dg-encryption-key-id".into(), v.clone());
+        }
         for (k, v) in &self.user_metadata {
             m.insert(format!("user-{k}"), v.clone());
         }
@@ -277,6 +288,8 @@ impl FileMetadata {
             delta_cmd: get(&["dg-delta-cmd", "dg_delta_cmd", "delta_cmd", "delta-cmd"]),
             delta_codec: get(&["dg-delta-codec"]),
             user_metadata,
+            encrypted: get(&["dg-encrypted"]),
+            encryption_key_id: get(&["dg-encryption-key-id"]),
         })
     }
 
