@@ -46,10 +46,13 @@ pub async fn stream(
         .unwrap_or_default();
     let auth = app.authenticate(&token).await;
     let ws = ws
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(256)
         .write_buffer_size(0)
         .max_message_size(64 * 1024)
         .max_frame_size(64 * 1024);
+    // Only a digest of the token lives on with the session (duplicate detection).
+    let conn_key = hex::encode(&Sha256::digest(token.as_bytes())[..16]);
+    drop(token);
     ws.on_upgrade(move |socket| async move {
         let ctx = match auth {
             Ok(c) => c,
@@ -64,29 +67,33 @@ pub async fn stream(
                 return;
             }
         };
+        // Keep only what the session needs, not the whole claim set.
+        let exp = ctx.claims.exp;
+        let (tenant, user) = (ctx.tenant, ctx.user);
+        drop(ctx.claims);
         let session_id = uuid::Uuid::new_v4().to_string();
         let hello = json!({
             "type": "hello",
             "session_id": session_id,
             "server_name": app.cfg.server_name,
-            "tenant_id": ctx.tenant,
-            "participant_id": ctx.user,
+            "tenant_id": tenant,
+            "participant_id": user,
             "ts": iso(crate::db::now_ms()),
         })
         .to_string();
-        let conn_key = hex::encode(&Sha256::digest(token.as_bytes())[..16]);
-        let was_online = app.hub.online_users(&ctx.tenant).contains(&ctx.user);
+        let was_online = app.hub.online_users(&tenant).contains(&user);
+        // Boxed: the idle connection's task should not carry the size of these futures.
         if !was_online {
-            publish_presence(&app, &ctx.tenant, &ctx.user, "online").await;
+            Box::pin(publish_presence(&app, &tenant, &user, "online")).await;
         }
         let opts = SessionOptions {
             session_id,
-            tenant: ctx.tenant.clone(),
-            user: ctx.user.clone(),
+            tenant: tenant.clone(),
+            user: user.clone(),
             conn_key,
             hello,
             since,
-            expires_at: u64::try_from(ctx.claims.exp)
+            expires_at: u64::try_from(exp)
                 .ok()
                 .map(|s| UNIX_EPOCH + std::time::Duration::from_secs(s)),
             ping_interval: app.cfg.ping_interval,
@@ -94,13 +101,14 @@ pub async fn stream(
             expired_reason: "SW_AUTH_EXPIRED_TOKEN",
         };
         let limiter_app = app.clone();
-        let key = format!("{}/{}", ctx.tenant, ctx.user);
-        session::run(socket, app.hub.clone(), opts, move |text| {
+        let key = format!("{}/{}", tenant, user);
+        let run = session::run(socket, app.hub.clone(), opts, move |text| {
             Some(client_frame(&limiter_app, &key, text).to_string())
-        })
-        .await;
-        if !app.hub.online_users(&ctx.tenant).contains(&ctx.user) {
-            publish_presence(&app, &ctx.tenant, &ctx.user, "offline").await;
+        });
+        tracing::debug!(bytes = std::mem::size_of_val(&run), "ws session future size");
+        run.await;
+        if !app.hub.online_users(&tenant).contains(&user) {
+            Box::pin(publish_presence(&app, &tenant, &user, "offline")).await;
         }
     })
 }
