@@ -59,7 +59,11 @@ struct Sessions {
 struct Tenant<E> {
     tx: mpsc::UnboundedSender<BusMessage<E>>,
     sessions: RwLock<Sessions>,
+    /// Last released position; updated under the sessions read lock right after the fan-out,
+    /// so a registering session (write lock) sees either "released before me" or gets it.
     head: watch::Sender<u64>,
+    /// True once the sequencer has read the committed head from the store.
+    ready: watch::Sender<bool>,
 }
 
 struct Inner<E> {
@@ -176,10 +180,12 @@ impl<E: Payload> Hub<E> {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let (head, _) = watch::channel(0);
+        let (ready, _) = watch::channel(false);
         let t = Arc::new(Tenant {
             tx,
             sessions: RwLock::new(Sessions::default()),
             head,
+            ready,
         });
         g.insert(tenant.to_string(), t.clone());
         tokio::spawn(sequencer(self.clone(), tenant.to_string(), t.clone(), rx));
@@ -196,12 +202,19 @@ impl<E: Payload> Hub<E> {
         session_id: &str,
     ) -> Registration<E> {
         let t = self.tenant(tenant);
+        let mut ready = t.ready.subscribe();
+        while !*ready.borrow_and_update() {
+            if ready.changed().await.is_err() {
+                break;
+            }
+        }
         let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(SessionQueue::new(self.inner.cfg.queue_capacity));
-        let head_at_start = *t.head.borrow();
         let opened_at_ms = now_ms();
+        let head_at_start;
         {
             let mut s = t.sessions.write();
+            head_at_start = *t.head.borrow();
             if let Some(old) = s.by_key.insert(conn_key.to_string(), id) {
                 if let Some(e) = s.by_id.get(&old) {
                     e.queue.close(DUPLICATE);
@@ -272,6 +285,9 @@ const DUPLICATE: CloseRequest = CloseRequest {
 
 fn fanout<E: Payload>(t: &Tenant<E>, d: &Delivery<E>, dropped_metric: &'static str) {
     let s = t.sessions.read();
+    if let Some(p) = d.position {
+        t.head.send_replace(p);
+    }
     if s.by_id.is_empty() {
         return;
     }
@@ -329,7 +345,11 @@ async fn sequencer<E: Payload>(
             }
         }
     };
-    t.head.send_replace(head);
+    {
+        let _s = t.sessions.write();
+        t.head.send_replace(head);
+    }
+    t.ready.send_replace(true);
     let mut reorder: Reorder<Delivery<E>> = Reorder::new(head);
     let mut deadline: Option<Instant> = None;
     loop {
@@ -349,9 +369,8 @@ async fn sequencer<E: Payload>(
             BusMessage::Event(d) => match d.position {
                 None => fanout(&t, &d, dropped_metric),
                 Some(p) => {
-                    for (p, d) in reorder.offer(p, d) {
+                    for (_, d) in reorder.offer(p, d) {
                         fanout(&t, &d, dropped_metric);
-                        t.head.send_replace(p);
                     }
                 }
             },
@@ -394,18 +413,16 @@ async fn fill_gap<E: Payload>(
         Ok(found) => {
             for d in found {
                 if let Some(p) = d.position {
-                    for (p, d) in reorder.offer(p, d) {
+                    for (_, d) in reorder.offer(p, d) {
                         fanout(t, &d, dropped_metric);
-                        t.head.send_replace(p);
                     }
                 }
             }
             if let Some((from, to)) = reorder.gap() {
                 // Not in the store either: nothing was committed there. Move on.
                 tracing::warn!(event = "ws.fanout_failed", tenant = %tenant, from, to, "ws.fanout_failed: positions missing from store");
-                for (p, d) in reorder.skip_to(to + 1) {
+                for (_, d) in reorder.skip_to(to + 1) {
                     fanout(t, &d, dropped_metric);
-                    t.head.send_replace(p);
                 }
             }
         }

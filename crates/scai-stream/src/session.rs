@@ -115,9 +115,6 @@ where
     E: Payload,
     F: FnMut(&str) -> Option<String> + Send,
 {
-    // The committed head before registering: a session without `since` starts "live from
-    // now" and must not treat older positions as missed when its queue overflows.
-    let db_head = hub.source().head(&opts.tenant).await.unwrap_or(0);
     let reg = hub
         .register(&opts.tenant, &opts.user, &opts.conn_key, &opts.session_id)
         .await;
@@ -127,7 +124,9 @@ where
         if tx.send(Message::Text(Utf8Bytes::from(opts.hello.as_str()))).await.is_err() {
             return Ended::Gone;
         }
-        let mut last = opts.since.unwrap_or(reg.head_at_start.max(db_head));
+        // Without `since` the session starts live at the last position released before it
+    // registered; everything after reaches its queue (or, if dropped, the store replay).
+    let mut last = opts.since.unwrap_or(reg.head_at_start);
         if opts.since.is_some() && Box::pin(replay(&hub, &opts, &mut tx, &mut last)).await.is_err() {
             return Ended::Gone;
         }
