@@ -32,6 +32,7 @@ async fn cluster() -> (TempDatabase, Server, Server) {
         .unwrap();
     assert!(status.success(), "scaiwave migrate failed");
     // Both replicas trust the same embedded issuer key (shared data dir for the key only).
+    scai_auth::EmbeddedIssuer::load_or_create(dir.path(), "scaiwave-embedded:localhost").unwrap();
     let dir2 = tempfile::tempdir().unwrap();
     std::fs::copy(
         dir.path().join("jwt-signing-key.pem"),
@@ -180,4 +181,21 @@ async fn concurrent_writes_on_two_replicas_get_gap_free_ordered_positions() {
             .count(),
         100
     );
+}
+
+#[tokio::test]
+async fn duplicate_connection_is_closed_across_replicas() {
+    if services::skip("duplicate_connection_is_closed_across_replicas") {
+        return;
+    }
+    let (_db, a, b) = cluster().await;
+    let tenant = format!("dup{}", rand_suffix());
+    let alice = a.token(&tenant, "alice");
+    let room = a.create_room(&alice, "dup").await;
+    let (mut on_a, _) = connect_hello(&a.ws_url(&alice)).await;
+    let (mut on_b, _) = connect_hello(&b.ws_url(&alice)).await;
+    let (code, reason) = expect_close(&mut on_a).await;
+    assert_eq!((code, reason.as_str()), (4003, "duplicate_connection"));
+    let sent = a.send(&alice, &room, "to the survivor").await;
+    assert_eq!(next_event(&mut on_b).await["id"], sent["id"]);
 }
