@@ -138,6 +138,11 @@ pub struct Config {
     pub bootstrap_password_hash: Option<String>,
     pub session_ttl_hours: u64,
     pub trust_proxy_headers: bool,
+    pub request_timeout_secs: u64,
+    pub max_concurrent_requests: usize,
+    pub rate_limit_max_attempts: u32,
+    pub rate_limit_window_secs: u64,
+    pub rate_limit_lockout_secs: u64,
     pub iam_declarative: bool,
     pub file: FileConfig,
     pub config_path: Option<PathBuf>,
@@ -297,6 +302,17 @@ impl Config {
                 .or_else(|| env::opt_string("DGP_ADMIN_PASSWORD_HASH")),
             session_ttl_hours: env::parse_or("DGP_SESSION_TTL_HOURS", 4u64).map_err(cfg_err)?,
             trust_proxy_headers: env::bool_or("DGP_TRUST_PROXY_HEADERS", false).map_err(cfg_err)?,
+            request_timeout_secs: env::parse_or("DGP_REQUEST_TIMEOUT_SECS", 300u64)
+                .map_err(cfg_err)?,
+            max_concurrent_requests: env::parse_or("DGP_MAX_CONCURRENT_REQUESTS", 1024usize)
+                .map_err(cfg_err)?
+                .max(1),
+            rate_limit_max_attempts: env::parse_or("DGP_RATE_LIMIT_MAX_ATTEMPTS", 100u32)
+                .map_err(cfg_err)?,
+            rate_limit_window_secs: env::parse_or("DGP_RATE_LIMIT_WINDOW_SECS", 300u64)
+                .map_err(cfg_err)?,
+            rate_limit_lockout_secs: env::parse_or("DGP_RATE_LIMIT_LOCKOUT_SECS", 600u64)
+                .map_err(cfg_err)?,
             iam_declarative: file.access.iam_mode.as_deref() == Some("declarative"),
             file,
             config_path,
@@ -324,6 +340,11 @@ impl Config {
             bootstrap_password_hash: None,
             session_ttl_hours: 4,
             trust_proxy_headers: false,
+            request_timeout_secs: 300,
+            max_concurrent_requests: 1024,
+            rate_limit_max_attempts: 100,
+            rate_limit_window_secs: 300,
+            rate_limit_lockout_secs: 600,
             iam_declarative: false,
             file: FileConfig::default(),
             config_path: None,

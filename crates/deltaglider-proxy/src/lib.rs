@@ -241,6 +241,7 @@ pub async fn build_state(cfg: Config) -> Result<Arc<AppState>, ProxyError> {
     metrics::gauge!("process_start_time_seconds").set(chrono::Utc::now().timestamp() as f64);
     Ok(Arc::new(AppState {
         audit: audit::AuditRing::new(cfg.audit_ring_size),
+        login_limiter: admin::LoginLimiter::default(),
         sessions: admin::Sessions::new(Duration::from_secs(cfg.session_ttl_hours * 3600)),
         engine: Arc::new(engine),
         multipart,
@@ -339,6 +340,35 @@ async fn http_metrics(req: Request, next: Next) -> Response {
     resp
 }
 
+/// `DGP_MAX_CONCURRENT_REQUESTS` (excess requests queue) and `DGP_REQUEST_TIMEOUT_SECS`
+/// (exceeding it answers 504 with an S3 XML error).
+async fn limits(
+    axum::extract::State((sem, timeout)): axum::extract::State<(
+        Arc<tokio::sync::Semaphore>,
+        Duration,
+    )>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Ok(_permit) = sem.acquire_owned().await else {
+        return Response::new(axum::body::Body::empty());
+    };
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            let mut r = Response::new(axum::body::Body::from(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>RequestTimeout</Code><Message>request exceeded DGP_REQUEST_TIMEOUT_SECS</Message></Error>",
+            ));
+            *r.status_mut() = http::StatusCode::GATEWAY_TIMEOUT;
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/xml"),
+            );
+            r
+        }
+    }
+}
+
 async fn handle_s3_error(err: s3s::HttpError) -> Response {
     tracing::error!(?err, "S3 service error");
     let mut r = Response::new(axum::body::Body::from("Internal Server Error"));
@@ -360,8 +390,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         s3cfg,
     ))));
     let svc = axum::error_handling::HandleError::new(b.build(), handle_s3_error);
+    let lim = (
+        Arc::new(tokio::sync::Semaphore::new(
+            state.cfg.max_concurrent_requests,
+        )),
+        Duration::from_secs(state.cfg.request_timeout_secs.max(1)),
+    );
     admin::router(state)
         .fallback_service(svc)
+        .layer(axum::middleware::from_fn_with_state(lim, limits))
         .layer(axum::middleware::from_fn(http_metrics))
         .layer(axum::middleware::from_fn(scai_core::request_id::layer))
 }

@@ -37,8 +37,13 @@ fn main() {
     if let Some(l) = &cli.listen {
         std::env::set_var("DGP_LISTEN_ADDR", l);
     }
-    let level = std::env::var("DGP_LOG_LEVEL")
-        .unwrap_or_else(|_| "deltaglider_proxy=debug,tower_http=debug,info".into());
+    // The bench prints a table on stdout: keep logs to warnings there.
+    let default_level = if matches!(cli.cmd, Some(Cmd::Bench(_))) {
+        "warn"
+    } else {
+        "deltaglider_proxy=debug,tower_http=debug,info"
+    };
+    let level = std::env::var("DGP_LOG_LEVEL").unwrap_or_else(|_| default_level.into());
     scai_core::telemetry::init(&level);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();

@@ -16,6 +16,7 @@ pub struct AppState {
     pub iam: Iam,
     pub audit: AuditRing,
     pub sessions: crate::admin::Sessions,
+    pub login_limiter: crate::admin::LoginLimiter,
     pub started: std::time::Instant,
 }
 

@@ -456,6 +456,7 @@ async fn gui_mode_admin_creates_users_that_can_sign() {
         &[
             ("DGP_BOOTSTRAP_PASSWORD_HASH", hash),
             ("DGP_SECURE_COOKIES", "false".into()),
+            ("DGP_RATE_LIMIT_MAX_ATTEMPTS", "3".into()),
         ],
     )
     .await;
@@ -524,4 +525,21 @@ async fn gui_mode_admin_creates_users_that_can_sign() {
         .await
         .unwrap_err();
     assert_eq!(code(&e.into_service_error()), "AccessDenied");
+    // Rate limiter: after DGP_RATE_LIMIT_MAX_ATTEMPTS failures even the right password gets 429.
+    for _ in 0..3 {
+        let r = http
+            .post(format!("{base}/_/api/admin/login"))
+            .json(&serde_json::json!({"password": "bad"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let r = http
+        .post(format!("{base}/_/api/admin/login"))
+        .json(&serde_json::json!({"password": "pw"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
 }

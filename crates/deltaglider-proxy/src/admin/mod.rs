@@ -67,6 +67,35 @@ impl Sessions {
     }
 }
 
+/// Recent failure times and the lockout end, per IP.
+type Attempts = (Vec<Instant>, Option<Instant>);
+
+/// Per-IP admin login failures: 429 SlowDown during a lockout.
+#[derive(Default)]
+pub struct LoginLimiter {
+    inner: Mutex<HashMap<String, Attempts>>,
+}
+
+impl LoginLimiter {
+    fn locked(&self, ip: &str) -> bool {
+        matches!(self.inner.lock().get(ip), Some((_, Some(until))) if *until > Instant::now())
+    }
+
+    fn failure(&self, st: &AppState, ip: &str) {
+        let now = Instant::now();
+        let window = Duration::from_secs(st.cfg.rate_limit_window_secs);
+        let mut m = self.inner.lock();
+        let e = m.entry(ip.to_string()).or_default();
+        e.0.retain(|t| now.duration_since(*t) < window);
+        e.0.push(now);
+        if e.0.len() as u32 >= st.cfg.rate_limit_max_attempts {
+            e.1 = Some(now + Duration::from_secs(st.cfg.rate_limit_lockout_secs));
+            e.0.clear();
+            tracing::warn!(ip, "admin login locked out after repeated failures");
+        }
+    }
+}
+
 type St = State<Arc<AppState>>;
 
 fn client_ip(st: &AppState, headers: &HeaderMap, addr: &SocketAddr) -> String {
@@ -246,6 +275,14 @@ async fn login(
     headers: HeaderMap,
     Json(body): Json<LoginBody>,
 ) -> Response {
+    let ip = client_ip(&st, &headers, &addr);
+    if st.login_limiter.locked(&ip) {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({"error": "SlowDown"})),
+        )
+            .into_response();
+    }
     let Some(hash) = st.cfg.bootstrap_password_hash.clone() else {
         return err(
             StatusCode::FORBIDDEN,
@@ -267,8 +304,8 @@ async fn login(
         tokio::task::spawn_blocking(move || bcrypt::verify(body.password, &hash).unwrap_or(false))
             .await
             .unwrap_or(false);
-    let ip = client_ip(&st, &headers, &addr);
     if !ok {
+        st.login_limiter.failure(&st, &ip);
         metrics::counter!("deltaglider_auth_failures_total", "reason" => "invalid_password")
             .increment(1);
         st.audit
