@@ -18,7 +18,6 @@ use futures::StreamExt;
 use md5::Digest as _;
 use parking_lot::{Mutex, RwLock};
 use sha2::Sha256;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
 use crate::backend::{Backend, ByteStream, PutData, StoredObject};
@@ -162,41 +161,76 @@ fn is_eligible_name(name: &str) -> bool {
     DELTA_EXTENSIONS.iter().any(|e| lower.ends_with(e))
 }
 
-/// Writes a byte stream to a fresh temp file in `dir`, hashing as it goes.
+/// Writes a byte stream to a fresh temp file in `dir`, hashing as it goes. The network
+/// receive, the SHA-256 and the MD5+write run concurrently (two blocking threads fed by
+/// bounded channels), so a PUT is not the sum of the three.
 pub async fn spool<S, E>(dir: &std::path::Path, mut stream: S) -> Result<Spooled, ProxyError>
 where
     S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
+    use std::io::Write;
     tokio::fs::create_dir_all(dir).await?;
     let path = dir.join(format!("up-{}", uuid::Uuid::new_v4()));
-    let mut f = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(&path).await?);
-    let mut sha = Sha256::new();
-    let mut md5 = md5::Md5::new();
-    let mut size = 0u64;
-    let res: Result<(), ProxyError> = async {
-        while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.map_err(|e| ProxyError::InvalidArgument(format!("request body: {e}")))?;
-            sha.update(&chunk);
-            md5.update(&chunk);
-            size += chunk.len() as u64;
-            f.write_all(&chunk).await?;
+    let file = std::fs::File::create(&path)?;
+    let (tx_w, mut rx_w) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let (tx_h, mut rx_h) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut md5 = md5::Md5::new();
+        let mut size = 0u64;
+        while let Some(c) = rx_w.blocking_recv() {
+            md5.update(&c);
+            size += c.len() as u64;
+            w.write_all(&c)?;
         }
-        f.flush().await?;
-        Ok(())
+        w.flush()?;
+        Ok((hex::encode(md5.finalize()), size))
+    });
+    let hasher = tokio::task::spawn_blocking(move || {
+        let mut sha = Sha256::new();
+        while let Some(c) = rx_h.blocking_recv() {
+            sha.update(&c);
+        }
+        hex::encode(sha.finalize())
+    });
+    let mut failure: Option<ProxyError> = None;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => {
+                if tx_h.send(c.clone()).await.is_err() || tx_w.send(c).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                failure = Some(ProxyError::InvalidArgument(format!("request body: {e}")));
+                break;
+            }
+        }
     }
-    .await;
-    if let Err(e) = res {
+    drop(tx_w);
+    drop(tx_h);
+    let written = writer
+        .await
+        .map_err(|e| ProxyError::Internal(e.to_string()));
+    let sha = hasher
+        .await
+        .map_err(|e| ProxyError::Internal(e.to_string()));
+    let result = match (failure, written, sha) {
+        (Some(e), _, _) => Err(e),
+        (None, Err(e), _) | (None, _, Err(e)) => Err(e),
+        (None, Ok(Err(e)), _) => Err(ProxyError::Io(e)),
+        (None, Ok(Ok((md5, size))), Ok(sha256)) => Ok(Spooled {
+            path: path.clone(),
+            size,
+            sha256,
+            md5,
+        }),
+    };
+    if result.is_err() {
         let _ = tokio::fs::remove_file(&path).await;
-        return Err(e);
     }
-    Ok(Spooled {
-        path,
-        size,
-        sha256: hex::encode(sha.finalize()),
-        md5: hex::encode(md5.finalize()),
-    })
+    result
 }
 
 impl Engine {
