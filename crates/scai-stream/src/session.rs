@@ -104,24 +104,28 @@ fn error_close_code(e: axum::Error) -> Option<u16> {
 }
 
 /// Run the session until it ends. `on_text` answers client text frames (rate limiting and
-/// application pings are the product's business); its reply, if any, is sent back.
-pub async fn run<E, F>(
+/// application pings are the product's business); its reply, if any, is sent back. Return
+/// a boxed future from it: it is held inside every session's state.
+pub async fn run<E, F, Fut>(
     socket: WebSocket,
     hub: Hub<E>,
-    opts: SessionOptions,
+    mut opts: SessionOptions,
     mut on_text: F,
 ) -> Ended
 where
     E: Payload,
-    F: FnMut(&str) -> Option<String> + Send,
+    F: FnMut(Utf8Bytes) -> Fut + Send,
+    Fut: std::future::Future<Output = Option<String>> + Send,
 {
     let reg = hub
         .register(&opts.tenant, &opts.user, &opts.conn_key, &opts.session_id)
         .await;
     tracing::info!(event = "ws.connect", tenant = %opts.tenant, user = %opts.user, session_id = %opts.session_id, "ws.connect");
     let (mut tx, mut rx) = socket.split();
+    // The hello is sent once; its buffer is not kept for the life of the connection.
+    let hello = Utf8Bytes::from(std::mem::take(&mut opts.hello));
     let ended = async {
-        if tx.send(Message::Text(Utf8Bytes::from(opts.hello.as_str()))).await.is_err() {
+        if tx.send(Message::Text(hello)).await.is_err() {
             return Ended::Gone;
         }
         // Without `since` the session starts live at the last position released before it
@@ -174,7 +178,7 @@ where
                     Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
                     Some(Ok(Message::Ping(_))) => {} // answered by the protocol layer
                     Some(Ok(Message::Text(t))) => {
-                        if let Some(reply) = on_text(t.as_str()) {
+                        if let Some(reply) = on_text(t).await {
                             if tx.send(Message::Text(Utf8Bytes::from(reply))).await.is_err() {
                                 return Ended::Gone;
                             }

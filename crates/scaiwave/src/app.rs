@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use parking_lot::Mutex;
 use scai_auth::{AuthError, Claims, EmbeddedIssuer, Verifier, VerifierConfig};
 use scai_core::metrics::HttpMetricNames;
+use scai_ratelimit::{Dimension, Limiter, LimiterConfig, RedisOptions};
 use scai_stream::broker::{Broker, InProcess};
 use scai_stream::ratelimit::RateLimiter;
 use scai_stream::{Delivery, Hub, HubConfig, MetricNames};
@@ -40,13 +41,77 @@ pub struct App {
     pub db: Db,
     pub verifier: Verifier,
     pub hub: Hub<Value>,
-    pub limiter: RateLimiter,
+    pub limiter: Limits,
     known: Mutex<HashSet<(String, String)>>,
     pub typing: Mutex<HashMap<(String, String, String), u64>>,
     pub presence: Mutex<HashMap<(String, String), String>>,
 }
 
 pub type AppState = Arc<App>;
+
+/// The per-user limit on client-sent events: token buckets in this process, or (with
+/// `SCAIWAVE_REDIS_URL`) `scai-ratelimit` counters in Redis that every replica shares.
+pub enum Limits {
+    Local(RateLimiter),
+    /// A sliding window of `burst / rate` seconds admitting `burst` events: the same
+    /// sustained rate and burst as the token bucket. Fails open when Redis is down.
+    Shared {
+        limiter: Limiter,
+        limit: u64,
+    },
+}
+
+impl Limits {
+    fn from_config(cfg: &Config) -> anyhow::Result<Limits> {
+        let Some(url) = &cfg.redis_url else {
+            return Ok(Limits::Local(RateLimiter::new(
+                cfg.rate_per_sec,
+                cfg.rate_burst,
+            )));
+        };
+        let burst = cfg.rate_burst.max(1);
+        // A zero rate means "no refill": a long window keeps the burst as the whole budget.
+        let window = if cfg.rate_per_sec > 0.0 {
+            Duration::from_secs_f64((f64::from(burst) / cfg.rate_per_sec).clamp(0.001, 86_400.0))
+        } else {
+            Duration::from_secs(86_400)
+        };
+        let limiter = Limiter::redis(
+            url,
+            RedisOptions {
+                key_prefix: cfg.redis_key_prefix.clone(),
+                ..RedisOptions::default()
+            },
+            LimiterConfig {
+                window,
+                metric_prefix: "scaiwave".into(),
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("SCAIWAVE_REDIS_URL: {e}"))?;
+        Ok(Limits::Shared {
+            limiter,
+            limit: u64::from(burst),
+        })
+    }
+
+    /// Take one event from `tenant/user`'s budget.
+    pub async fn check(&self, tenant: &str, user: &str) -> ApiResult<()> {
+        let key = format!("{tenant}/{user}");
+        match self {
+            Limits::Local(rl) => rl
+                .check(&key)
+                .map_err(|d| ApiError::RateLimited(d.as_millis() as u64)),
+            Limits::Shared { limiter, limit } => {
+                let d = limiter.check(&[(Dimension::User, &key, *limit)], 1).await;
+                if d.allowed {
+                    Ok(())
+                } else {
+                    Err(ApiError::RateLimited(d.retry_after_secs.max(1) * 1000))
+                }
+            }
+        }
+    }
+}
 
 /// The authenticated caller: tenant and participant ids come from the token.
 #[derive(Clone, Debug)]
@@ -106,7 +171,7 @@ impl App {
         )
         .await?;
         Ok(Arc::new(App {
-            limiter: RateLimiter::new(cfg.rate_per_sec, cfg.rate_burst),
+            limiter: Limits::from_config(&cfg)?,
             cfg,
             db,
             verifier,
@@ -195,10 +260,8 @@ impl App {
     }
 
     /// The per-user rate limit every client-sent event passes.
-    pub fn rate_check(&self, ctx: &Ctx) -> ApiResult<()> {
-        self.limiter
-            .check(&format!("{}/{}", ctx.tenant, ctx.user))
-            .map_err(|d| ApiError::RateLimited(d.as_millis() as u64))
+    pub async fn rate_check(&self, ctx: &Ctx) -> ApiResult<()> {
+        self.limiter.check(&ctx.tenant, &ctx.user).await
     }
 }
 

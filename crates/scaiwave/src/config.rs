@@ -35,6 +35,9 @@ pub struct Config {
     pub gap_timeout: Duration,
     pub rate_per_sec: f64,
     pub rate_burst: u32,
+    /// Shared rate-limit counters for all replicas; unset = per-replica token buckets.
+    pub redis_url: Option<String>,
+    pub redis_key_prefix: String,
     pub max_content_bytes: usize,
     pub edit_window: Duration,
     pub typing_ttl: Duration,
@@ -105,6 +108,8 @@ impl Config {
             )?,
             rate_per_sec: config::parse_or("SCAIWAVE_RATE_LIMIT_PER_SEC", 20.0f64)?,
             rate_burst: config::parse_or("SCAIWAVE_RATE_LIMIT_BURST", 100u32)?,
+            redis_url: config::opt_string("SCAIWAVE_REDIS_URL"),
+            redis_key_prefix: config::string_or("SCAIWAVE_REDIS_KEY_PREFIX", "scaiwave:rl"),
             max_content_bytes: config::size_or("SCAIWAVE_MAX_CONTENT_BYTES", 64 * 1024)? as usize,
             edit_window: config::duration_or(
                 "SCAIWAVE_EDIT_WINDOW",

@@ -130,7 +130,7 @@ pub async fn send(
     if let Some(Value::String(r)) = content.get("reply_to_event_id") {
         load_event(&app, &ctx.tenant, &room, r).await?;
     }
-    app.rate_check(&ctx)?;
+    app.rate_check(&ctx).await?;
     let draft = Draft {
         room_id: room.clone(),
         sender_id: sender.clone(),
@@ -267,7 +267,7 @@ pub async fn edit(
     if now_ms() - target.created_at > app.cfg.edit_window.as_millis() as i64 {
         return Err(ApiError::TooOldToEdit);
     }
-    app.rate_check(&ctx)?;
+    app.rate_check(&ctx).await?;
     let now = now_ms();
     let mut tx = app.db.begin().await?;
     let ev = append_event(&mut tx, &ctx.tenant, &Draft {
@@ -314,7 +314,7 @@ pub async fn redact(
     if target.redacted_at.is_some() {
         return Ok(ok(wire(&target)));
     }
-    app.rate_check(&ctx)?;
+    app.rate_check(&ctx).await?;
     let now = now_ms();
     let mut tx = app.db.begin().await?;
     let ev = append_event(
@@ -415,7 +415,7 @@ pub async fn react(
             json!({"event_id": id, "emoji": emoji, "sender_id": ctx.user, "duplicate": true}),
         ));
     }
-    app.rate_check(&ctx)?;
+    app.rate_check(&ctx).await?;
     match reaction_change(&app, &ctx, &room, &id, &emoji, true).await {
         Ok(ev) => Ok(ok(wire(&ev))),
         // Lost a race with the same reaction: duplicates are a no-op.
@@ -444,7 +444,7 @@ pub async fn unreact(
     if !reaction_exists(&app, &ctx, &id, &emoji).await? {
         return Err(ApiError::EventNotFound);
     }
-    app.rate_check(&ctx)?;
+    app.rate_check(&ctx).await?;
     let ev = reaction_change(&app, &ctx, &room, &id, &emoji, false).await?;
     Ok(ok(wire(&ev)))
 }
@@ -462,7 +462,7 @@ pub async fn read_marker(
 ) -> ApiResult<Response> {
     require_joined(&app, &ctx, &room).await?;
     let target = load_event(&app, &ctx.tenant, &room, &b.event_id).await?;
-    app.rate_check(&ctx)?;
+    app.rate_check(&ctx).await?;
     let mut tx = app.db.begin().await?;
     let ev = append_event(&mut tx, &ctx.tenant, &Draft {
         room_id: room.clone(),

@@ -40,7 +40,7 @@ pub async fn typing(
     JsonBody(b): JsonBody<TypingBody>,
 ) -> ApiResult<Response> {
     require_joined(&app, &ctx, &b.room_id).await?;
-    app.rate_check(&ctx)?;
+    app.rate_check(&ctx).await?;
     let key = (ctx.tenant.clone(), b.room_id.clone(), ctx.user.clone());
     let generation = {
         let mut g = app.typing.lock();
@@ -151,7 +151,7 @@ pub async fn set_presence(
             STATUSES.join(", ")
         )));
     }
-    app.rate_check(&ctx)?;
+    app.rate_check(&ctx).await?;
     app.presence
         .lock()
         .insert((ctx.tenant.clone(), ctx.user.clone()), b.status.clone());

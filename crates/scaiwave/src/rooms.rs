@@ -234,7 +234,7 @@ pub async fn create(
         .ok_or_else(|| ApiError::Invalid("name is required for group and public rooms".into()))?;
     check_len("name", &Some(name.clone()), MAX_NAME)?;
     check_len("topic", &b.topic, MAX_TOPIC)?;
-    app.rate_check(&ctx)?;
+    app.rate_check(&ctx).await?;
     let room = insert_room(&app, &ctx, &room_type, Some(name), b.topic, None).await?;
     change_member(
         &app,
@@ -286,7 +286,7 @@ pub async fn create_dm(
         let id: String = r.try_get(0)?;
         return Ok(ok(load_room(&app, &ctx.tenant, &id).await?.json()));
     }
-    app.rate_check(&ctx)?;
+    app.rate_check(&ctx).await?;
     let room = insert_room(&app, &ctx, "dm", None, None, Some(key)).await?;
     change_member(
         &app,
@@ -387,7 +387,7 @@ pub async fn join(
             ))
         }
     }
-    app.rate_check(&ctx)?;
+    app.rate_check(&ctx).await?;
     change_member(&app, &ctx, &room, &ctx.user, "join", None, None).await?;
     Ok(ok(r.json()))
 }
@@ -405,7 +405,7 @@ pub async fn leave(
         Some(m) if m == "join" || m == "invite" => {}
         _ => return Err(ApiError::NotMember),
     }
-    app.rate_check(&ctx)?;
+    app.rate_check(&ctx).await?;
     let ev = change_member(&app, &ctx, &room, &ctx.user, "leave", None, None).await?;
     Ok(ok(crate::events::wire(&ev)))
 }
@@ -441,7 +441,7 @@ pub async fn invite(
         }
         _ => {}
     }
-    app.rate_check(&ctx)?;
+    app.rate_check(&ctx).await?;
     let ev = change_member(
         &app,
         &ctx,
@@ -492,7 +492,7 @@ async fn moderate(
     if membership_to == "ban" && !participant_exists(&app, &ctx.tenant, &b.participant_id).await? {
         return Err(ApiError::ParticipantNotFound);
     }
-    app.rate_check(&ctx)?;
+    app.rate_check(&ctx).await?;
     let ev = change_member(
         &app,
         &ctx,
@@ -561,7 +561,7 @@ async fn set_state(
             value
         }
     };
-    app.rate_check(&ctx)?;
+    app.rate_check(&ctx).await?;
     let mut tx = app.db.begin().await?;
     let ev = append_event(
         &mut tx,
@@ -636,7 +636,7 @@ pub async fn set_power(
         Some(m) if m == "join" => {}
         _ => return Err(ApiError::NotMember),
     }
-    app.rate_check(&ctx)?;
+    app.rate_check(&ctx).await?;
     let ev = change_member(
         &app,
         &ctx,

@@ -44,7 +44,23 @@ pub async fn stream(
         .token
         .or_else(|| scai_auth::bearer_token(&headers).map(str::to_string))
         .unwrap_or_default();
-    let auth = app.authenticate(&token).await;
+    // Reduce the outcome to what the session needs before the upgrade: the spawned
+    // connection task keeps its captured values for its whole life, so the claim set and
+    // the error must not be among them.
+    let auth: Result<(String, String, i64), (u16, &'static str)> = match app
+        .authenticate(&token)
+        .await
+    {
+        Ok(ctx) => Ok((ctx.tenant, ctx.user, ctx.claims.exp)),
+        Err(e) => {
+            // The token itself stays out of the logs (it is in the URL).
+            tracing::info!(event = "ws.disconnect", reason = "auth_failed", error = %e, "ws.disconnect");
+            Err(match e {
+                ApiError::Unavailable(_) => (1013, "SW_SERVICE_UNAVAILABLE"),
+                _ => (CLOSE_AUTH_INVALID, "SW_AUTH_INVALID_TOKEN"),
+            })
+        }
+    };
     let ws = ws
         .read_buffer_size(256)
         .write_buffer_size(0)
@@ -54,23 +70,13 @@ pub async fn stream(
     let conn_key = hex::encode(&Sha256::digest(token.as_bytes())[..16]);
     drop(token);
     ws.on_upgrade(move |socket| async move {
-        let ctx = match auth {
-            Ok(c) => c,
-            Err(e) => {
-                // The token itself stays out of the logs (it is in the URL).
-                tracing::info!(event = "ws.disconnect", reason = "auth_failed", error = %e, "ws.disconnect");
-                let (code, reason) = match e {
-                    ApiError::Unavailable(_) => (1013, "SW_SERVICE_UNAVAILABLE"),
-                    _ => (CLOSE_AUTH_INVALID, "SW_AUTH_INVALID_TOKEN"),
-                };
+        let (tenant, user, exp) = match auth {
+            Ok(a) => a,
+            Err((code, reason)) => {
                 session::close(socket, code, reason).await;
                 return;
             }
         };
-        // Keep only what the session needs, not the whole claim set.
-        let exp = ctx.claims.exp;
-        let (tenant, user) = (ctx.tenant, ctx.user);
-        drop(ctx.claims);
         let session_id = uuid::Uuid::new_v4().to_string();
         let hello = json!({
             "type": "hello",
@@ -100,12 +106,24 @@ pub async fn stream(
             pong_timeout: app.cfg.pong_timeout,
             expired_reason: "SW_AUTH_EXPIRED_TOKEN",
         };
-        let limiter_app = app.clone();
-        let key = format!("{}/{}", tenant, user);
+        let frame_app = app.clone();
+        let (f_tenant, f_user) = (tenant.clone(), user.clone());
         let run = session::run(socket, app.hub.clone(), opts, move |text| {
-            Some(client_frame(&limiter_app, &key, text).to_string())
+            let (app, tenant, user) = (frame_app.clone(), f_tenant.clone(), f_user.clone());
+            // Boxed so every idle session carries only a pointer for it.
+            Box::pin(async move {
+                Some(
+                    client_frame(&app, &tenant, &user, text.as_str())
+                        .await
+                        .to_string(),
+                )
+            })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send>>
         });
-        tracing::debug!(bytes = std::mem::size_of_val(&run), "ws session future size");
+        tracing::debug!(
+            bytes = std::mem::size_of_val(&run),
+            "ws session future size"
+        );
         run.await;
         if !app.hub.online_users(&tenant).contains(&user) {
             Box::pin(publish_presence(&app, &tenant, &user, "offline")).await;
@@ -115,9 +133,13 @@ pub async fn stream(
 
 /// Client frames: every one passes the per-user rate limit; `{"type":"ping"}` is answered
 /// with `{"type":"pong"}`; everything else is refused (actions go over REST).
-fn client_frame(app: &AppState, key: &str, text: &str) -> Value {
-    if let Err(retry) = app.limiter.check(key) {
-        return json!({"type": "error", "error": {"code": "SW_RATE_LIMIT_EXCEEDED", "message": "rate limit exceeded", "retry_after_ms": retry.as_millis() as u64}});
+async fn client_frame(app: &AppState, tenant: &str, user: &str, text: &str) -> Value {
+    if let Err(e) = app.limiter.check(tenant, user).await {
+        let retry = match e {
+            ApiError::RateLimited(ms) => ms,
+            _ => 1000,
+        };
+        return json!({"type": "error", "error": {"code": "SW_RATE_LIMIT_EXCEEDED", "message": "rate limit exceeded", "retry_after_ms": retry}});
     }
     match serde_json::from_str::<Value>(text) {
         Ok(v) if v.get("type").and_then(Value::as_str) == Some("ping") => {

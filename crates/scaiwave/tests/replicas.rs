@@ -15,15 +15,22 @@ use scai_testkit::mariadb::TempDatabase;
 use scai_testkit::services;
 
 async fn cluster() -> (TempDatabase, Server, Server) {
+    cluster_with(Vec::new()).await
+}
+
+/// Two replicas; `extra` env vars go to both.
+async fn cluster_with(extra: Vec<(&'static str, String)>) -> (TempDatabase, Server, Server) {
     let db = TempDatabase::create().await.expect("MariaDB");
     let dir = tempfile::tempdir().unwrap();
     let envs = |dir: &std::path::Path| -> Vec<(&'static str, String)> {
-        vec![
+        let mut v = vec![
             ("SCAIWAVE_DATABASE_URL", db.url()),
             ("SCAIWAVE_NATS_URL", services::nats_url()),
             ("SCAIWAVE_EMBEDDED_AUTH", "true".into()),
             ("SCAIWAVE_DATA_DIR", dir.display().to_string()),
-        ]
+        ];
+        v.extend(extra.iter().cloned());
+        v
     };
     let status = Command::new(bin())
         .arg("migrate")
@@ -198,4 +205,56 @@ async fn duplicate_connection_is_closed_across_replicas() {
     assert_eq!((code, reason.as_str()), (4003, "duplicate_connection"));
     let sent = a.send(&alice, &room, "to the survivor").await;
     assert_eq!(next_event(&mut on_b).await["id"], sent["id"]);
+}
+
+#[tokio::test]
+async fn rate_limit_is_shared_across_replicas_through_redis() {
+    if services::skip("rate_limit_is_shared_across_replicas_through_redis") {
+        return;
+    }
+    // No refill and a budget of 6 events per user, counted in Redis under a prefix of
+    // this run only.
+    let (_db, a, b) = cluster_with(vec![
+        ("SCAIWAVE_REDIS_URL", services::redis_url()),
+        (
+            "SCAIWAVE_REDIS_KEY_PREFIX",
+            format!("scaiwave-test:{}", rand_suffix()),
+        ),
+        ("SCAIWAVE_RATE_LIMIT_PER_SEC", "0".into()),
+        ("SCAIWAVE_RATE_LIMIT_BURST", "6".into()),
+    ])
+    .await;
+    let tenant = format!("rl{}", rand_suffix());
+    let alice = a.token(&tenant, "alice");
+    // Creating the room takes 1 of alice's 6.
+    let room = a.create_room(&alice, "limited").await;
+    let mut accepted = [0u32; 2];
+    let mut refused = [0u32; 2];
+    for i in 0..10 {
+        let (idx, server) = if i % 2 == 0 { (0, &a) } else { (1, &b) };
+        let (status, v) = server
+            .call(
+                "POST",
+                &alice,
+                &format!("/v1/rooms/{room}/send"),
+                Some(serde_json::json!({"content": {"msgtype": "swp.text", "body": format!("m{i}")}})),
+            )
+            .await;
+        match status {
+            200 => accepted[idx] += 1,
+            429 => {
+                assert!(v.to_string().contains("SW_RATE_LIMIT_EXCEEDED"), "{v}");
+                refused[idx] += 1;
+            }
+            other => panic!("unexpected status {other}: {v}"),
+        }
+    }
+    // One budget for both replicas: 5 sends in all (per-replica buckets would admit 10).
+    assert_eq!(accepted[0] + accepted[1], 5, "accepted {accepted:?}");
+    assert!(accepted[0] > 0 && accepted[1] > 0, "accepted {accepted:?}");
+    assert!(refused[0] > 0 && refused[1] > 0, "refused {refused:?}");
+    // Another user still has a budget of their own.
+    let bob = b.token(&tenant, "bob");
+    b.join(&bob, &room).await;
+    b.send(&bob, &room, "bob is not limited by alice").await;
 }
