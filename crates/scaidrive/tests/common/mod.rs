@@ -17,6 +17,14 @@ pub enum Backend {
     MariaDb,
     /// SQLite metadata, chunks in an S3 bucket served by a real s3s-fs on loopback.
     S3,
+    /// The production set-up: MariaDB, Redis (sessions cache, rate-limit counters, job
+    /// queues; a unique key prefix per test) and chunks in s3s-fs.
+    Production,
+}
+
+/// A key prefix no other test run uses, for `SCAIDRIVE_REDIS_PREFIX`.
+pub fn redis_prefix() -> String {
+    format!("sdtest:{}", scai_core::ids::new_id("run"))
 }
 
 pub struct Srv {
@@ -40,7 +48,7 @@ impl Srv {
             ("SCAIDRIVE_LOG_LEVEL", "DEBUG".to_string()),
         ];
         let mut db = None;
-        if let Backend::MariaDb = backend {
+        if let Backend::MariaDb | Backend::Production = backend {
             if scai_testkit::services::skip("scaidrive MariaDB suite") {
                 return None;
             }
@@ -51,7 +59,11 @@ impl Srv {
             db = Some(t);
         }
         let mut s3 = None;
-        if let Backend::S3 = backend {
+        if let Backend::Production = backend {
+            envs.push(("SCAIDRIVE_REDIS_URL", scai_testkit::services::redis_url()));
+            envs.push(("SCAIDRIVE_REDIS_PREFIX", redis_prefix()));
+        }
+        if let Backend::S3 | Backend::Production = backend {
             if scai_testkit::services::skip("scaidrive S3 suite") {
                 return None;
             }
