@@ -11,6 +11,12 @@ use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_scaidrive");
 
+/// The binary under test: `SCAIDRIVE_TEST_BIN` when set (a private copy, for a worktree whose
+/// shared target dir another checkout of this crate also builds into), else cargo's.
+pub fn bin() -> String {
+    std::env::var("SCAIDRIVE_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 #[derive(Clone, Copy, Debug)]
 pub enum Backend {
     Sqlite,
@@ -101,7 +107,7 @@ impl Srv {
             s3 = Some(p);
         }
         envs.extend(extra.iter().cloned());
-        let proc = ServerProcess::start(BIN, &["serve"], &envs);
+        let proc = ServerProcess::start(bin(), &["serve"], &envs);
         let base = format!("http://127.0.0.1:{port}");
         let s = Srv {
             proc,
@@ -132,7 +138,7 @@ impl Srv {
 
     /// A token from `scaidrive token` for this server's data dir.
     pub fn token(&self, tenant: &str, user: &str, admin: bool) -> String {
-        let mut cmd = std::process::Command::new(BIN);
+        let mut cmd = std::process::Command::new(bin());
         cmd.args(["token", "--tenant", tenant, "--user", user, "--ttl", "1h"]);
         if admin {
             cmd.arg("--admin");
