@@ -192,7 +192,11 @@ async fn download_bytes(s: &Srv, tok: &str, file_id: &str) -> Vec<u8> {
 async fn rate_limit_headers_and_429_embedded() {
     let Some(s) = Srv::start(
         Backend::Sqlite,
-        &[("SCAIDRIVE_RATE_LIMIT_TOKEN_PER_MIN", "6".to_string())],
+        &[
+            ("SCAIDRIVE_RATE_LIMIT_TOKEN_PER_MIN", "6".to_string()),
+            // A long window: a window boundary inside the test would blur the exact counts.
+            ("SCAIDRIVE_RATE_LIMIT_WINDOW", "1h".to_string()),
+        ],
     )
     .await
     else {
@@ -228,7 +232,7 @@ async fn rate_limit_headers_and_429_embedded() {
     assert_err(st, &b, 429, "RATE_LIMITED");
     assert_eq!(b["error"]["details"]["dimension"], "token");
     assert_eq!(b["error"]["details"]["limit"], 6);
-    assert_eq!(b["error"]["details"]["window_seconds"], 60);
+    assert_eq!(b["error"]["details"]["window_seconds"], 3600);
     assert_eq!(b["error"]["retry_after"], retry);
     // One unit is still there; another token (of another user) has its own window.
     let r = s.download(&tok, "/api/v1/users/me", None).await;
@@ -263,7 +267,10 @@ async fn two_api_processes_behave_as_one_service() {
         return;
     };
     stack.migrate();
-    let limit = [("SCAIDRIVE_RATE_LIMIT_TOKEN_PER_MIN", "100".to_string())];
+    let limit = [
+        ("SCAIDRIVE_RATE_LIMIT_TOKEN_PER_MIN", "100".to_string()),
+        ("SCAIDRIVE_RATE_LIMIT_WINDOW", "1h".to_string()),
+    ];
     let a = stack.api(&limit).await;
     let b = stack.api(&limit).await;
     for s in [&a, &b] {
