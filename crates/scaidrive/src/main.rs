@@ -129,6 +129,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let state = scaidrive::build_state(cfg).await?;
             scaidrive::require_current_schema(&state.db).await?;
             tracing::info!(event = "worker_started", queue_backend = state.jobs.name());
+            // Liveness and the queue metrics on SCAIDRIVE_BIND (no API routes).
+            let listener = tokio::net::TcpListener::bind(state.cfg.bind)
+                .await
+                .with_context(|| format!("SCAIDRIVE_BIND: cannot listen on {}", state.cfg.bind))?;
+            tokio::spawn(
+                async move { axum::serve(listener, scaidrive::jobs::worker_router()).await },
+            );
             let sched = tokio::spawn(scaidrive::jobs::run_scheduler(state.clone()));
             scaidrive::jobs::run_worker(state, scai_core::shutdown::signal()).await;
             sched.abort();

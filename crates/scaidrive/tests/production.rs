@@ -110,11 +110,16 @@ impl Stack {
         }
     }
 
-    fn worker(&self, extra: &[(&'static str, String)]) -> ServerProcess {
+    /// Start `scaidrive worker`; returns it and the base URL of its health/metrics port.
+    fn worker(&self, extra: &[(&'static str, String)]) -> (ServerProcess, String) {
+        let port = free_port();
         let mut envs = self.envs();
-        envs.push(("SCAIDRIVE_BIND", format!("127.0.0.1:{}", free_port())));
+        envs.push(("SCAIDRIVE_BIND", format!("127.0.0.1:{port}")));
         envs.extend(extra.iter().cloned());
-        ServerProcess::start(common::bin(), &["worker"], &envs)
+        (
+            ServerProcess::start(common::bin(), &["worker"], &envs),
+            format!("http://127.0.0.1:{port}"),
+        )
     }
 
     fn token(&self, tenant: &str, user: &str) -> String {
@@ -426,7 +431,7 @@ async fn worker_killed_mid_gc_job_is_retried_and_never_deletes_referenced_chunks
         ]
     };
     tokio::time::sleep(Duration::from_millis(1100)).await; // last_seen < now with 0s grace
-    let mut w1 = stack.worker(&gc_env("400ms"));
+    let (mut w1, _) = stack.worker(&gc_env("400ms"));
     // Kill it after its first deletion, well before the 8th.
     let mut started = false;
     for _ in 0..200 {
@@ -449,7 +454,7 @@ async fn worker_killed_mid_gc_job_is_retried_and_never_deletes_referenced_chunks
     assert!(tombstones > 0, "no tombstones left by the killed worker");
     // A second worker: its own scheduler slot is already claimed (1h interval), so only the
     // redelivered job (lease ran out) can finish the collection.
-    let w2 = stack.worker(&gc_env("0s"));
+    let (w2, w2_base) = stack.worker(&gc_env("0s"));
     let mut done = false;
     for _ in 0..200 {
         if stack.chunk_objects() == 1 {
@@ -465,6 +470,20 @@ async fn worker_killed_mid_gc_job_is_retried_and_never_deletes_referenced_chunks
         w2.logs()
     );
     assert!(w2.logs().contains("chunk_collected"));
+    // The worker serves liveness and its queue metrics.
+    wait_http_ok(&format!("{w2_base}/api/v1/health"), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let m = reqwest::get(format!("{w2_base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("scaidrive_queue_jobs_processed_total{queue=\"low\",result=\"ok\"}"),
+        "{m}"
+    );
     assert_eq!(
         stack
             .sql_i64("SELECT COUNT(*) FROM chunks WHERE deleting_since IS NOT NULL")

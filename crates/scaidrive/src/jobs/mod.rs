@@ -267,3 +267,19 @@ pub async fn run_worker(
         .run(handler, shutdown)
         .await;
 }
+
+/// The worker's small HTTP surface: `/api/v1/health` (liveness) and `/metrics` (queue depth,
+/// processed jobs, job durations).
+pub fn worker_router() -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/api/v1/health",
+            axum::routing::get(|| async {
+                axum::Json(serde_json::json!({"status": "healthy", "version": env!("CARGO_PKG_VERSION"), "role": "worker"}))
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(scai_core::metrics::metrics_handler),
+        )
+}
