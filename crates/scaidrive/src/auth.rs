@@ -110,10 +110,14 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     ) -> Result<Self, Self::Rejection> {
         let token = scai_auth::bearer_token(&parts.headers)
             .ok_or_else(|| ApiError::TokenInvalid("missing bearer token".into()))?;
-        let claims = state.verifier.verify(token).await.map_err(|e| {
-            tracing::info!(event = "auth_failed", reason = e.reason());
-            token_error(e)
-        })?;
+        // The rate-limit middleware already verified this token: reuse its claims.
+        let claims = match parts.extensions.get::<crate::ratelimit::VerifiedClaims>() {
+            Some(v) => v.0.clone(),
+            None => state.verifier.verify(token).await.map_err(|e| {
+                tracing::info!(event = "auth_failed", reason = e.reason());
+                token_error(e)
+            })?,
+        };
         let tenant_id = claims.tenant_id.clone().unwrap_or_default();
         if !safe_id(&tenant_id) || !safe_id(&claims.sub) {
             return Err(ApiError::TokenInvalid(
@@ -135,21 +139,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             return Err(ApiError::UserSuspended);
         }
         caller.is_admin |= db_admin;
-        // The rate-limit seam: every authenticated request costs one unit here.
-        if let crate::ratelimit::Decision::Reject {
-            dimension,
-            retry_after_secs,
-        } = state
-            .rate_limiter
-            .check(&caller.tenant_id, &caller.user_id, 1)
-        {
-            metrics::counter!("scaidrive_rate_limit_rejections_total", "dimension" => dimension)
-                .increment(1);
-            return Err(ApiError::RateLimited {
-                dimension,
-                retry_after: retry_after_secs,
-            });
-        }
+        // Rate limiting happens before this, in `ratelimit::layer` (it needs the route class).
         Ok(caller)
     }
 }

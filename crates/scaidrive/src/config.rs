@@ -67,10 +67,29 @@ pub struct Config {
     pub secret_key: Option<String>,
     pub encryption_key: Option<String>,
     pub cors_origins: Vec<String>,
-    /// `SCAIDRIVE_RATE_LIMIT_USER_PER_MINUTE` (5000, the digest's per-user default; 0 = off).
-    pub rate_limit_user_per_minute: u32,
     /// `SCAIDRIVE_LOG_LEVEL` (INFO).
     pub log_level: String,
+    /// `SCAIDRIVE_REDIS_PREFIX` (default `scaidrive`): prefix of every Redis key (sessions,
+    /// rate-limit counters, queues), so several deployments (or tests) can share one Redis.
+    pub redis_prefix: String,
+    /// `SCAIDRIVE_RATE_LIMIT_ENABLED` (default true).
+    pub rate_limit_enabled: bool,
+    /// `SCAIDRIVE_RATE_LIMIT_TOKEN_PER_MIN` / `_USER_PER_MIN` / `_TENANT_PER_MIN`
+    /// (defaults 1000 / 5000 / 50000 units per window; 0 = no limit in that dimension).
+    pub rate_limit_token: u64,
+    pub rate_limit_user: u64,
+    pub rate_limit_tenant: u64,
+    /// `SCAIDRIVE_RATE_LIMIT_WINDOW` (default 60s).
+    pub rate_limit_window: Duration,
+    /// `SCAIDRIVE_WORKER_CONCURRENCY` (default 4): jobs a worker runs at once.
+    pub worker_concurrency: usize,
+    /// `SCAIDRIVE_JOB_LEASE` (default 60s): a job whose worker died is redelivered after this.
+    pub job_lease: Duration,
+    /// `SCAIDRIVE_GC_BATCH` (default 1000): chunks one GC job tombstones at most.
+    pub gc_batch: i64,
+    /// `SCAIDRIVE_GC_DELETE_PAUSE` (default 0): pause between two chunk deletions of a GC job
+    /// (throttles S3 deletes; tests use it to kill a worker mid-job).
+    pub gc_delete_pause: Duration,
 }
 
 fn is_pow2_at_least_64k(v: u64) -> bool {
@@ -157,7 +176,16 @@ impl Config {
             bind,
             database_url,
             db_max_connections: env::parse_or("SCAIDRIVE_DB_MAX_CONNECTIONS", 16u32)?,
-            redis_url: env::opt_string("SCAIDRIVE_REDIS_URL"),
+            redis_url: match env::opt_string("SCAIDRIVE_REDIS_URL") {
+                Some(u) if !(u.starts_with("redis://") || u.starts_with("rediss://")) => {
+                    return Err(ConfigError::invalid(
+                        "SCAIDRIVE_REDIS_URL",
+                        &u,
+                        "expected redis://HOST:PORT/DB or rediss://HOST:PORT/DB",
+                    ))
+                }
+                other => other,
+            },
             s3,
             scaikey_url: env::opt_string("SCAIDRIVE_SCAIKEY_URL"),
             scaikey_client_id: env::opt_string("SCAIDRIVE_SCAIKEY_CLIENT_ID"),
@@ -180,11 +208,24 @@ impl Config {
             secret_key: env::opt_string("SCAIDRIVE_SECRET_KEY"),
             encryption_key: env::opt_string("SCAIDRIVE_ENCRYPTION_KEY"),
             cors_origins: env::list("SCAIDRIVE_CORS_ORIGINS"),
-            rate_limit_user_per_minute: env::parse_or(
-                "SCAIDRIVE_RATE_LIMIT_USER_PER_MINUTE",
-                5000u32,
-            )?,
             log_level: env::string_or("SCAIDRIVE_LOG_LEVEL", "INFO"),
+            redis_prefix: env::string_or("SCAIDRIVE_REDIS_PREFIX", "scaidrive"),
+            rate_limit_enabled: env::bool_or("SCAIDRIVE_RATE_LIMIT_ENABLED", true)?,
+            rate_limit_token: env::parse_or("SCAIDRIVE_RATE_LIMIT_TOKEN_PER_MIN", 1000u64)?,
+            // `_PER_MINUTE` is the spelling of the first (embedded) limiter; both are accepted.
+            rate_limit_user: match env::opt_string("SCAIDRIVE_RATE_LIMIT_USER_PER_MIN") {
+                Some(_) => env::parse_or("SCAIDRIVE_RATE_LIMIT_USER_PER_MIN", 5000u64)?,
+                None => env::parse_or("SCAIDRIVE_RATE_LIMIT_USER_PER_MINUTE", 5000u64)?,
+            },
+            rate_limit_tenant: env::parse_or("SCAIDRIVE_RATE_LIMIT_TENANT_PER_MIN", 50_000u64)?,
+            rate_limit_window: env::duration_or(
+                "SCAIDRIVE_RATE_LIMIT_WINDOW",
+                Duration::from_secs(60),
+            )?,
+            worker_concurrency: env::parse_or("SCAIDRIVE_WORKER_CONCURRENCY", 4usize)?,
+            job_lease: env::duration_or("SCAIDRIVE_JOB_LEASE", Duration::from_secs(60))?,
+            gc_batch: env::parse_or("SCAIDRIVE_GC_BATCH", 1000i64)?,
+            gc_delete_pause: env::duration_or("SCAIDRIVE_GC_DELETE_PAUSE", Duration::ZERO)?,
         })
     }
 

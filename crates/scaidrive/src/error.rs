@@ -197,8 +197,11 @@ impl From<sqlx::Error> for ApiError {
 }
 
 impl From<std::io::Error> for ApiError {
+    /// Object-store failures (S3 down, disk gone) are a dependency outage: a clear 503
+    /// `SERVICE_UNAVAILABLE`, never a bare 500. Nothing is committed after a failed write.
     fn from(e: std::io::Error) -> Self {
-        ApiError::Internal(format!("storage: {e}"))
+        tracing::warn!(event = "storage_unavailable", error = %e);
+        ApiError::Unavailable("storage unavailable, retry later".into())
     }
 }
 

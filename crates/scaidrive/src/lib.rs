@@ -5,6 +5,7 @@
 pub mod api;
 pub mod auth;
 pub mod bench;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -31,9 +32,12 @@ pub struct AppState {
     pub store: Arc<dyn ObjectStore>,
     pub verifier: Arc<Verifier>,
     pub hashers: upload::hasher::Hashers,
-    pub jobs: Arc<dyn jobs::JobQueue>,
+    /// The `high`/`medium`/`low` job queues (Redis or in-process).
+    pub jobs: Arc<dyn scai_queue::JobQueue>,
     pub notifier: Arc<dyn pubsub::ChangeNotifier>,
-    pub rate_limiter: Arc<dyn ratelimit::RateLimiter>,
+    pub rate_limiter: Arc<ratelimit::RateLimit>,
+    /// The Redis upload-session cache (production mode only).
+    pub cache: Option<Arc<cache::RedisCache>>,
 }
 
 /// The embedded issuer of this data dir (key created on first use).
@@ -85,9 +89,13 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
         leeway: cfg.jwt_leeway,
         embedded,
     });
-    let rate_limiter: Arc<dyn ratelimit::RateLimiter> = match cfg.rate_limit_user_per_minute {
-        0 => Arc::new(ratelimit::Unlimited),
-        n => Arc::new(ratelimit::PerUserWindow::new(n)),
+    // Queue and limiter first: a `rediss://` URL makes them install rustls' crypto provider,
+    // which the cache's connection then uses.
+    let job_queue = jobs::open_queue(&cfg)?;
+    let rate_limiter = Arc::new(ratelimit::RateLimit::from_config(&cfg)?);
+    let cache = match &cfg.redis_url {
+        Some(url) => Some(Arc::new(cache::RedisCache::new(url, &cfg.redis_prefix)?)),
+        None => None,
     };
     Ok(Arc::new(AppState {
         cfg: Arc::new(cfg),
@@ -95,9 +103,10 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
         store,
         verifier: Arc::new(verifier),
         hashers: Default::default(),
-        jobs: Arc::new(jobs::InProcessQueue),
+        jobs: job_queue,
         notifier: Arc::new(pubsub::LogNotifier),
         rate_limiter,
+        cache,
     }))
 }
 
@@ -105,8 +114,11 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
 pub async fn require_current_schema(db: &Db) -> anyhow::Result<()> {
     let have = db::migrations::current(db).await?;
     let want = db::migrations::latest();
-    if have != want {
+    if have < want {
         anyhow::bail!("database schema is at version {have}, this binary needs {want}: run `scaidrive migrate` first");
+    }
+    if have > want {
+        anyhow::bail!("database schema is at version {have}, newer than this binary knows ({want}): deploy the matching scaidrive version");
     }
     Ok(())
 }

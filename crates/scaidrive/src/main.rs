@@ -102,24 +102,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             scaidrive::db::migrations::migrate(&state.db)
                 .await
                 .context("migrating")?;
-            tokio::spawn(scaidrive::jobs::run_maintenance(state.clone()));
+            // All-in-one: the scheduler and a worker loop run beside the API.
+            tokio::spawn(scaidrive::jobs::run_scheduler(state.clone()));
+            tokio::spawn(scaidrive::jobs::run_worker(
+                state.clone(),
+                std::future::pending(),
+            ));
             scaidrive::serve_http(state).await
         }
         Cmd::Api => {
             let cfg = load(Role::Api)?;
             let state = scaidrive::build_state(cfg).await?;
             scaidrive::require_current_schema(&state.db).await?;
+            if state.cfg.redis_url.is_none() {
+                // Without Redis the queue is in-process: this API process must run its jobs.
+                tokio::spawn(scaidrive::jobs::run_scheduler(state.clone()));
+                tokio::spawn(scaidrive::jobs::run_worker(
+                    state.clone(),
+                    std::future::pending(),
+                ));
+            }
             scaidrive::serve_http(state).await
         }
         Cmd::Worker => {
             let cfg = load(Role::Worker)?;
             let state = scaidrive::build_state(cfg).await?;
             scaidrive::require_current_schema(&state.db).await?;
-            tracing::info!(event = "worker_started");
-            tokio::select! {
-                _ = scaidrive::jobs::run_maintenance(state) => {},
-                _ = scai_core::shutdown::signal() => {},
-            }
+            tracing::info!(event = "worker_started", queue_backend = state.jobs.name());
+            // Liveness and the queue metrics on SCAIDRIVE_BIND (no API routes).
+            let listener = tokio::net::TcpListener::bind(state.cfg.bind)
+                .await
+                .with_context(|| format!("SCAIDRIVE_BIND: cannot listen on {}", state.cfg.bind))?;
+            tokio::spawn(
+                async move { axum::serve(listener, scaidrive::jobs::worker_router()).await },
+            );
+            let sched = tokio::spawn(scaidrive::jobs::run_scheduler(state.clone()));
+            scaidrive::jobs::run_worker(state, scai_core::shutdown::signal()).await;
+            sched.abort();
             Ok(())
         }
         Cmd::Migrate => {

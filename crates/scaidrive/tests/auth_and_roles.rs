@@ -82,7 +82,7 @@ async fn api_role_refuses_unmigrated_schema_then_migrate() {
         ("SCAIDRIVE_BIND", format!("127.0.0.1:{port}")),
         ("SCAIDRIVE_EMBEDDED_AUTH", "true".to_string()),
     ];
-    let out = std::process::Command::new(common::BIN)
+    let out = std::process::Command::new(common::bin())
         .arg("api")
         .envs(envs.iter().cloned())
         .output()
@@ -90,14 +90,14 @@ async fn api_role_refuses_unmigrated_schema_then_migrate() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("scaidrive migrate"), "{err}");
-    let out = std::process::Command::new(common::BIN)
+    let out = std::process::Command::new(common::bin())
         .arg("worker")
         .envs(envs.iter().cloned())
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("scaidrive migrate"));
-    let out = std::process::Command::new(common::BIN)
+    let out = std::process::Command::new(common::bin())
         .arg("migrate")
         .envs(envs.iter().cloned())
         .output()
@@ -107,7 +107,7 @@ async fn api_role_refuses_unmigrated_schema_then_migrate() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut p = scai_testkit::ServerProcess::start(common::BIN, &["api"], &envs);
+    let mut p = scai_testkit::ServerProcess::start(common::bin(), &["api"], &envs);
     scai_testkit::wait_http_ok(
         &format!("http://127.0.0.1:{port}/api/v1/ready"),
         Duration::from_secs(20),
@@ -116,7 +116,7 @@ async fn api_role_refuses_unmigrated_schema_then_migrate() {
     .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
     p.kill9();
     // A bad value stops start-up naming the variable.
-    let out = std::process::Command::new(common::BIN)
+    let out = std::process::Command::new(common::bin())
         .arg("serve")
         .envs(envs.iter().cloned())
         .env("SCAIDRIVE_CHUNK_SIZE", "1000")
@@ -135,7 +135,7 @@ async fn migrate_accepts_asyncmy_url_on_mariadb() {
     let url = db.url().replacen("mysql://", "mysql+asyncmy://", 1);
     let dir = tempfile::tempdir().unwrap();
     let run = |cmd: &str| {
-        std::process::Command::new(common::BIN)
+        std::process::Command::new(common::bin())
             .arg(cmd)
             .env("SCAIDRIVE_DATABASE_URL", &url)
             .env("SCAIDRIVE_DATA_DIR", dir.path())
@@ -154,7 +154,7 @@ async fn migrate_accepts_asyncmy_url_on_mariadb() {
     );
     let so = String::from_utf8_lossy(&out.stdout);
     assert!(
-        so.contains("applied 1"),
+        so.contains("applied 2"),
         "stdout {so:?} stderr {:?}",
         String::from_utf8_lossy(&out.stderr)
     );

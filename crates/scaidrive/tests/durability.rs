@@ -89,3 +89,8 @@ async fn sigkill_mid_upload_then_resume_mariadb() {
 async fn sigkill_mid_upload_then_resume_s3() {
     sigkill_mid_upload_then_resume(Backend::S3).await
 }
+
+#[tokio::test]
+async fn sigkill_mid_upload_then_resume_production() {
+    sigkill_mid_upload_then_resume(Backend::Production).await
+}

@@ -1015,3 +1015,8 @@ mod mariadb {
 mod s3 {
     suite!(crate::Backend::S3);
 }
+
+/// MariaDB + Redis + s3s-fs: the production configuration.
+mod production {
+    suite!(crate::Backend::Production);
+}

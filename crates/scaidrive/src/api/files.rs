@@ -316,12 +316,20 @@ pub async fn download(
     metrics::counter!("scaidrive_downloads_bytes_total", "tenant_id" => c.tenant_id.clone())
         .increment(len);
     let store = st.store.clone();
-    let stream = futures::stream::iter(segments)
+    // The first segment is opened before the status line goes out, so an object store that
+    // is down answers a clear 503 instead of a 200 with a truncated body.
+    let mut segments = segments.into_iter();
+    let first = match segments.next() {
+        Some((key, off, n)) => Some(st.store.get(&key, off, Some(n)).await?),
+        None => None,
+    };
+    let rest = futures::stream::iter(segments)
         .then(move |(key, off, n)| {
             let store = store.clone();
             async move { store.get(&key, off, Some(n)).await }
         })
         .try_flatten();
+    let stream = futures::stream::iter(first).flatten().chain(rest);
     let mut resp = Body::from_stream(stream).into_response();
     let h = resp.headers_mut();
     let mime = file

@@ -187,7 +187,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(scai_core::metrics::metrics_handler))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state);
+        .with_state(state.clone());
+    // Rate limiting sits inside the metrics layer so 429s are counted like any response.
+    let api = api.layer(axum::middleware::from_fn_with_state(
+        state,
+        crate::ratelimit::layer,
+    ));
     let names = scai_core::metrics::HttpMetricNames {
         requests_total: "scaidrive_requests_total",
         duration_seconds: "scaidrive_request_duration_seconds",

@@ -29,10 +29,8 @@ pub async fn ready(State(st): State<Arc<AppState>>) -> Response {
         Check::new("storage", async move { store.ready().await }),
         Check::new("scaikey", async move { verifier.scaikey_ready().await }),
     ];
-    if let Some(url) = st.cfg.redis_url.clone() {
-        checks.push(Check::new("redis", async move {
-            crate::jobs::redis_reachable(&url).await
-        }));
+    if let Some(cache) = st.cache.clone() {
+        checks.push(Check::new("redis", async move { cache.ping().await }));
     }
     let (all, results) = health::run(checks, Duration::from_secs(3)).await;
     let status = if all {

@@ -61,6 +61,7 @@ pub async fn abort(
         .execute(&st.db.pool)
         .await?;
     st.hashers.reset(&s.id);
+    upload::uncache_session(&st, &c.tenant_id, &s.id).await;
     Ok(ok(
         StatusCode::OK,
         json!({"session_id": s.id, "status": "aborted"}),

@@ -12,12 +12,29 @@ pub struct Migration {
     pub mysql: &'static str,
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sqlite: include_str!("../../migrations/sqlite/0001_init.sql"),
-    mysql: include_str!("../../migrations/mysql/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sqlite: include_str!("../../migrations/sqlite/0001_init.sql"),
+        mysql: include_str!("../../migrations/mysql/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "gc_tombstones",
+        sqlite: include_str!("../../migrations/sqlite/0002_gc_tombstones.sql"),
+        mysql: include_str!("../../migrations/mysql/0002_gc_tombstones.sql"),
+    },
+];
+
+/// Why `migrate` refused to run.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("database schema is at version {have}, newer than this binary knows ({known}): refusing to touch it (run a newer scaidrive)")]
+    NewerSchema { have: i64, known: i64 },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
 
 pub fn latest() -> i64 {
     MIGRATIONS.last().map(|m| m.version).unwrap_or(0)
@@ -64,8 +81,14 @@ pub async fn current(db: &Db) -> Result<i64, sqlx::Error> {
 }
 
 /// Apply every migration newer than the database's version. Returns how many ran.
-pub async fn migrate(db: &Db) -> Result<usize, sqlx::Error> {
+pub async fn migrate(db: &Db) -> Result<usize, MigrateError> {
     let have = current(db).await?;
+    if have > latest() {
+        return Err(MigrateError::NewerSchema {
+            have,
+            known: latest(),
+        });
+    }
     let mut ran = 0;
     for m in MIGRATIONS.iter().filter(|m| m.version > have) {
         let sql = match db.backend {

@@ -28,13 +28,7 @@ pub async fn ingest_chunk(state: &AppState, tenant_id: &str, data: Bytes) -> Api
     })
     .await
     .map_err(ApiError::internal)?;
-    sqlx::query(state.db.upsert_chunk_sql())
-        .bind(tenant_id)
-        .bind(&hash)
-        .bind(data.len() as i64)
-        .bind(now())
-        .execute(&state.db.pool)
-        .await?;
+    claim_chunk(state, tenant_id, &hash, data.len() as i64).await?;
     let key = chunk_key(tenant_id, &hash);
     let len = data.len() as u64;
     if state.store.exists(&key).await? {
@@ -45,6 +39,37 @@ pub async fn ingest_chunk(state: &AppState, tenant_id: &str, data: Bytes) -> Api
     metrics::counter!("scaidrive_uploads_bytes_total", "tenant_id" => tenant_id.to_string())
         .increment(len);
     Ok(hash)
+}
+
+/// Upsert the chunk row (refreshing `last_seen`), then make sure GC is not deleting it: a
+/// tombstoned row (`deleting_since` set, see `jobs`) means GC may be removing the bytes right
+/// now, so wait until GC has deleted the row and insert it afresh; the bytes written after
+/// that are never touched by that GC run.
+async fn claim_chunk(state: &AppState, tenant_id: &str, hash: &str, size: i64) -> ApiResult<()> {
+    for _ in 0..100 {
+        sqlx::query(state.db.upsert_chunk_sql())
+            .bind(tenant_id)
+            .bind(hash)
+            .bind(size)
+            .bind(now())
+            .execute(&state.db.pool)
+            .await?;
+        let tomb: Option<Option<i64>> = sqlx::query_scalar(
+            "SELECT deleting_since FROM chunks WHERE tenant_id = ? AND hash = ?",
+        )
+        .bind(tenant_id)
+        .bind(hash)
+        .fetch_optional(&state.db.pool)
+        .await?;
+        if !matches!(tomb, Some(Some(_))) {
+            return Ok(());
+        }
+        tracing::info!(event = "chunk_waits_for_gc", tenant_id, hash);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Err(ApiError::Unavailable(
+        "chunk is being garbage-collected, retry".into(),
+    ))
 }
 
 pub async fn tenant_max_file_size(db: &Db, tenant_id: &str) -> ApiResult<u64> {
@@ -64,7 +89,7 @@ pub fn too_large(size: u64, limit: u64) -> ApiError {
     }
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct Session {
     pub tenant_id: String,
     pub id: String,
@@ -232,6 +257,23 @@ pub async fn load_session(
     if !scai_core::ids::has_prefix(id, "upl") {
         return Err(not_found());
     }
+    let ttl = state.cfg.upload_session_ttl.as_secs() as i64;
+    // Redis answers only the positive case (active, not idle too long, the caller's own);
+    // everything else is decided from the database, the source of truth.
+    if let Some(cache) = &state.cache {
+        if let Some(s) = cache
+            .get::<Session>("upload", &format!("{}:{id}", c.tenant_id))
+            .await
+        {
+            if s.status == "active"
+                && now() <= s.expires_at(ttl)
+                && s.tenant_id == c.tenant_id
+                && (s.created_by == c.user_id || c.is_admin)
+            {
+                return Ok(s);
+            }
+        }
+    }
     let s: Option<Session> = sqlx::query_as(&format!(
         "SELECT {SESSION_COLS} FROM upload_sessions WHERE tenant_id = ? AND id = ?"
     ))
@@ -240,10 +282,12 @@ pub async fn load_session(
     .fetch_optional(&state.db.pool)
     .await?;
     let s = s.ok_or_else(not_found)?;
+    if s.status == "active" {
+        cache_session(state, &s).await;
+    }
     if s.created_by != c.user_id && !c.is_admin {
         return Err(not_found());
     }
-    let ttl = state.cfg.upload_session_ttl.as_secs() as i64;
     match s.status.as_str() {
         "completed" if allow_completed => Ok(s),
         "completed" => Err(ApiError::Conflict {
@@ -253,6 +297,27 @@ pub async fn load_session(
         }),
         "active" if now() <= s.expires_at(ttl) => Ok(s),
         _ => Err(ApiError::SessionExpired),
+    }
+}
+
+/// Write an active session to the Redis cache (no-op without Redis), expiring with it.
+pub async fn cache_session(state: &AppState, s: &Session) {
+    if let Some(cache) = &state.cache {
+        cache
+            .put(
+                "upload",
+                &format!("{}:{}", s.tenant_id, s.id),
+                s,
+                state.cfg.upload_session_ttl,
+            )
+            .await;
+    }
+}
+
+/// Drop a session from the cache once it is completed, aborted or expired.
+pub async fn uncache_session(state: &AppState, tenant_id: &str, id: &str) {
+    if let Some(cache) = &state.cache {
+        cache.del("upload", &format!("{tenant_id}:{id}")).await;
     }
 }
 
@@ -333,13 +398,20 @@ pub async fn put_chunk(
         .bind(size)
         .execute(&mut *tx)
         .await?;
+    let ts = now();
     sqlx::query("UPDATE upload_sessions SET last_activity_at = ? WHERE tenant_id = ? AND id = ?")
-        .bind(now())
+        .bind(ts)
         .bind(&c.tenant_id)
         .bind(&s.id)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    if state.cache.is_some() && ts > s.last_activity_at {
+        // Keep the cached idle clock in step (the DB row was just refreshed).
+        let mut fresh = s.clone();
+        fresh.last_activity_at = ts;
+        cache_session(state, &fresh).await;
+    }
     if previous.as_deref().is_some_and(|p| p != hash)
         && state.hashers.consumed(&s.id).is_none_or(|n| n > index)
     {
@@ -460,6 +532,7 @@ pub async fn complete(state: &AppState, c: &Caller, s: &Session) -> ApiResult<No
         .await?;
     tx.commit().await?;
     state.hashers.reset(&s.id);
+    uncache_session(state, &c.tenant_id, &s.id).await;
     tracing::info!(event = "upload_completed", session_id = %s.id, file_id = %file_id, size = s.file_size);
     Ok(fs::get_node(&state.db, c, &file_id, Kind::File, false)
         .await?

@@ -11,12 +11,26 @@ use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_scaidrive");
 
+/// The binary under test: `SCAIDRIVE_TEST_BIN` when set (a private copy, for a worktree whose
+/// shared target dir another checkout of this crate also builds into), else cargo's.
+pub fn bin() -> String {
+    std::env::var("SCAIDRIVE_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 #[derive(Clone, Copy, Debug)]
 pub enum Backend {
     Sqlite,
     MariaDb,
     /// SQLite metadata, chunks in an S3 bucket served by a real s3s-fs on loopback.
     S3,
+    /// The production set-up: MariaDB, Redis (sessions cache, rate-limit counters, job
+    /// queues; a unique key prefix per test) and chunks in s3s-fs.
+    Production,
+}
+
+/// A key prefix no other test run uses, for `SCAIDRIVE_REDIS_PREFIX`.
+pub fn redis_prefix() -> String {
+    format!("sdtest:{}", scai_core::ids::new_id("run"))
 }
 
 pub struct Srv {
@@ -40,7 +54,7 @@ impl Srv {
             ("SCAIDRIVE_LOG_LEVEL", "DEBUG".to_string()),
         ];
         let mut db = None;
-        if let Backend::MariaDb = backend {
+        if let Backend::MariaDb | Backend::Production = backend {
             if scai_testkit::services::skip("scaidrive MariaDB suite") {
                 return None;
             }
@@ -51,7 +65,11 @@ impl Srv {
             db = Some(t);
         }
         let mut s3 = None;
-        if let Backend::S3 = backend {
+        if let Backend::Production = backend {
+            envs.push(("SCAIDRIVE_REDIS_URL", scai_testkit::services::redis_url()));
+            envs.push(("SCAIDRIVE_REDIS_PREFIX", redis_prefix()));
+        }
+        if let Backend::S3 | Backend::Production = backend {
             if scai_testkit::services::skip("scaidrive S3 suite") {
                 return None;
             }
@@ -89,7 +107,7 @@ impl Srv {
             s3 = Some(p);
         }
         envs.extend(extra.iter().cloned());
-        let proc = ServerProcess::start(BIN, &["serve"], &envs);
+        let proc = ServerProcess::start(bin(), &["serve"], &envs);
         let base = format!("http://127.0.0.1:{port}");
         let s = Srv {
             proc,
@@ -120,7 +138,7 @@ impl Srv {
 
     /// A token from `scaidrive token` for this server's data dir.
     pub fn token(&self, tenant: &str, user: &str, admin: bool) -> String {
-        let mut cmd = std::process::Command::new(BIN);
+        let mut cmd = std::process::Command::new(bin());
         cmd.args(["token", "--tenant", tenant, "--user", user, "--ttl", "1h"]);
         if admin {
             cmd.arg("--admin");
