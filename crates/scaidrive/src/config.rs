@@ -71,6 +71,8 @@ pub struct Config {
     pub rate_limit_user_per_minute: u32,
     /// `SCAIDRIVE_LOG_LEVEL` (INFO).
     pub log_level: String,
+    /// Change-log retention and WebSocket limits (see `sync::SyncConfig`).
+    pub sync: crate::sync::SyncConfig,
 }
 
 fn is_pow2_at_least_64k(v: u64) -> bool {
@@ -185,6 +187,7 @@ impl Config {
                 5000u32,
             )?,
             log_level: env::string_or("SCAIDRIVE_LOG_LEVEL", "INFO"),
+            sync: crate::sync::SyncConfig::from_env()?,
         })
     }
 

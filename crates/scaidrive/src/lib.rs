@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod pubsub;
 pub mod ratelimit;
 pub mod storage;
+pub mod sync;
 pub mod upload;
 
 use std::sync::Arc;
@@ -33,6 +34,10 @@ pub struct AppState {
     pub hashers: upload::hasher::Hashers,
     pub jobs: Arc<dyn jobs::JobQueue>,
     pub notifier: Arc<dyn pubsub::ChangeNotifier>,
+    /// Change fan-out to this process's WebSockets (sync).
+    pub hub: Arc<pubsub::Hub>,
+    /// Open WebSockets of this process, for the connection limits.
+    pub ws: Arc<sync::ws::Registry>,
     pub rate_limiter: Arc<dyn ratelimit::RateLimiter>,
 }
 
@@ -89,6 +94,10 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
         0 => Arc::new(ratelimit::Unlimited),
         n => Arc::new(ratelimit::PerUserWindow::new(n)),
     };
+    let hub = match &cfg.redis_url {
+        Some(url) => pubsub::Hub::with_redis(url).context("SCAIDRIVE_REDIS_URL")?,
+        None => pubsub::Hub::local(),
+    };
     Ok(Arc::new(AppState {
         cfg: Arc::new(cfg),
         db,
@@ -96,7 +105,9 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
         verifier: Arc::new(verifier),
         hashers: Default::default(),
         jobs: Arc::new(jobs::InProcessQueue),
-        notifier: Arc::new(pubsub::LogNotifier),
+        notifier: hub.clone(),
+        hub,
+        ws: Default::default(),
         rate_limiter,
     }))
 }

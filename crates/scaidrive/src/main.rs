@@ -103,6 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("migrating")?;
             tokio::spawn(scaidrive::jobs::run_maintenance(state.clone()));
+            tokio::spawn(scaidrive::sync::run_maintenance(state.clone()));
             scaidrive::serve_http(state).await
         }
         Cmd::Api => {
@@ -116,6 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let state = scaidrive::build_state(cfg).await?;
             scaidrive::require_current_schema(&state.db).await?;
             tracing::info!(event = "worker_started");
+            tokio::spawn(scaidrive::sync::run_maintenance(state.clone()));
             tokio::select! {
                 _ = scaidrive::jobs::run_maintenance(state) => {},
                 _ = scai_core::shutdown::signal() => {},

@@ -12,12 +12,20 @@ pub struct Migration {
     pub mysql: &'static str,
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sqlite: include_str!("../../migrations/sqlite/0001_init.sql"),
-    mysql: include_str!("../../migrations/mysql/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sqlite: include_str!("../../migrations/sqlite/0001_init.sql"),
+        mysql: include_str!("../../migrations/mysql/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "sync",
+        sqlite: include_str!("../../migrations/sqlite/0002_sync.sql"),
+        mysql: include_str!("../../migrations/mysql/0002_sync.sql"),
+    },
+];
 
 pub fn latest() -> i64 {
     MIGRATIONS.last().map(|m| m.version).unwrap_or(0)
