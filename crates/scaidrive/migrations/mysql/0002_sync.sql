@@ -22,6 +22,7 @@ CREATE TABLE change_log (
     version_id VARCHAR(64),
     size BIGINT,
     mime_type VARCHAR(255),
+    checksum_sha256 VARCHAR(64),
     PRIMARY KEY (tenant_id, position)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 CREATE INDEX change_log_share ON change_log (tenant_id, share_id, position);

@@ -22,6 +22,7 @@ CREATE TABLE change_log (
     version_id TEXT,
     size INTEGER,
     mime_type TEXT,
+    checksum_sha256 TEXT,
     PRIMARY KEY (tenant_id, position)
 );
 CREATE INDEX change_log_share ON change_log (tenant_id, share_id, position);

@@ -406,7 +406,7 @@ async fn snapshot(
                 "change_type": "created", "changed_by": n.modified_by, "changed_at": iso(n.modified_at),
                 "old_path": null, "new_path": path_of(&n.parent_id, &n.name),
                 "version_id": if is_file { json!(n.version_id) } else { Value::Null },
-                "metadata": {"size": if is_file { json!(n.size) } else { Value::Null }, "mime_type": n.mime_type},
+                "metadata": {"size": if is_file { json!(n.size) } else { Value::Null }, "mime_type": n.mime_type, "checksum_sha256": n.checksum_sha256},
                 "snapshot": true})
         })
         .collect();

@@ -24,6 +24,7 @@ pub struct NewChange {
     pub version_id: Option<String>,
     pub size: Option<i64>,
     pub mime_type: Option<String>,
+    pub checksum_sha256: Option<String>,
 }
 
 /// A logged change as stored.
@@ -43,9 +44,10 @@ pub struct ChangeRow {
     pub version_id: Option<String>,
     pub size: Option<i64>,
     pub mime_type: Option<String>,
+    pub checksum_sha256: Option<String>,
 }
 
-pub const CHANGE_COLS: &str = "tenant_id, position, id, share_id, resource_type, resource_id, change_type, changed_by, changed_at, old_path, new_path, version_id, size, mime_type";
+pub const CHANGE_COLS: &str = "tenant_id, position, id, share_id, resource_type, resource_id, change_type, changed_by, changed_at, old_path, new_path, version_id, size, mime_type, checksum_sha256";
 
 impl ChangeRow {
     /// Wire form (digest §11 change object, plus `position`).
@@ -55,7 +57,7 @@ impl ChangeRow {
             "resource_type": self.resource_type, "resource_id": self.resource_id, "change_type": self.change_type,
             "changed_by": self.changed_by, "changed_at": iso(self.changed_at),
             "old_path": self.old_path, "new_path": self.new_path, "version_id": self.version_id,
-            "metadata": {"size": self.size, "mime_type": self.mime_type},
+            "metadata": {"size": self.size, "mime_type": self.mime_type, "checksum_sha256": self.checksum_sha256},
         })
     }
 }
@@ -110,7 +112,7 @@ async fn next_position(conn: &mut AnyConnection, tenant_id: &str) -> ApiResult<i
 pub async fn append(conn: &mut AnyConnection, tenant_id: &str, ch: NewChange) -> ApiResult<i64> {
     let position = next_position(conn, tenant_id).await?;
     sqlx::query(&format!(
-        "INSERT INTO change_log ({CHANGE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO change_log ({CHANGE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ))
     .bind(tenant_id)
     .bind(position)
@@ -126,6 +128,7 @@ pub async fn append(conn: &mut AnyConnection, tenant_id: &str, ch: NewChange) ->
     .bind(ch.version_id.as_deref())
     .bind(ch.size)
     .bind(ch.mime_type.as_deref())
+    .bind(ch.checksum_sha256.as_deref())
     .execute(&mut *conn)
     .await?;
     Ok(position)
@@ -193,6 +196,11 @@ pub async fn node_change(
             size: if is_file { Some(node.size) } else { None },
             mime_type: if is_file {
                 node.mime_type.clone()
+            } else {
+                None
+            },
+            checksum_sha256: if is_file {
+                node.checksum_sha256.clone()
             } else {
                 None
             },
