@@ -3,6 +3,7 @@
 //! conflict) and the `run` loop (filesystem watching, periodic scans, WebSocket nudges with
 //! the documented reconnect pattern). The `scaidrive-sync` binary is a thin CLI over it.
 
+pub mod bench;
 pub mod engine;
 pub mod ignore;
 pub mod remote;

@@ -42,6 +42,26 @@ enum Cmd {
     },
     /// Show cursor, pending work and conflicts.
     Status { dir: PathBuf },
+    /// Benchmark (not a test): spawns `scaidrive` processes and prints figures with baselines.
+    Bench {
+        /// The `scaidrive` server binary.
+        #[arg(long, default_value = "scaidrive")]
+        server_bin: PathBuf,
+        #[arg(long, default_value_t = 100_000)]
+        backlog: usize,
+        #[arg(long, default_value_t = 10_000)]
+        sockets: usize,
+        #[arg(long, default_value_t = 10_000)]
+        files: usize,
+        #[arg(long, default_value_t = 1024)]
+        big_mib: u64,
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+        #[arg(long, default_value = "mysql://root@127.0.0.1:3306")]
+        mariadb_url: String,
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis_url: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -105,6 +125,29 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .ok_or_else(|| anyhow::anyhow!("--scan-every: expected e.g. 30s, 5m"))?;
             let e = Engine::open(&dir).await?;
             scaidrive_sync::run::run(e, every).await?;
+            Ok(0)
+        }
+        Cmd::Bench {
+            server_bin,
+            backlog,
+            sockets,
+            files,
+            big_mib,
+            samples,
+            mariadb_url,
+            redis_url,
+        } => {
+            scaidrive_sync::bench::run(scaidrive_sync::bench::Opts {
+                server_bin,
+                backlog,
+                sockets,
+                files,
+                big_mib,
+                samples,
+                mariadb_url,
+                redis_url,
+            })
+            .await?;
             Ok(0)
         }
         Cmd::Status { dir } => {
