@@ -110,9 +110,24 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     ) -> Result<Self, Self::Rejection> {
         let token = scai_auth::bearer_token(&parts.headers)
             .ok_or_else(|| ApiError::TokenInvalid("missing bearer token".into()))?;
-        // The rate-limit middleware already verified this token: reuse its claims.
-        let claims = match parts.extensions.get::<crate::ratelimit::VerifiedClaims>() {
-            Some(v) => v.0.clone(),
+        let verified = parts
+            .extensions
+            .get::<crate::ratelimit::VerifiedClaims>()
+            .map(|v| v.0.clone());
+        caller_from_token(state, token, verified).await
+    }
+}
+
+/// Verify a token (unless the rate-limit middleware already did: `verified`) and provision its
+/// user. The WebSockets authenticate with this too.
+pub async fn caller_from_token(
+    state: &AppState,
+    token: &str,
+    verified: Option<scai_auth::Claims>,
+) -> Result<Caller, ApiError> {
+    {
+        let claims = match verified {
+            Some(c) => c,
             None => state.verifier.verify(token).await.map_err(|e| {
                 tracing::info!(event = "auth_failed", reason = e.reason());
                 token_error(e)
@@ -216,6 +231,20 @@ async fn provision(state: &AppState, c: &Caller) -> ApiResult<(bool, bool)> {
             .bind(ts)
             .execute(&mut *tx)
             .await?;
+        crate::sync::changelog::append(
+            &mut tx,
+            &c.tenant_id,
+            crate::sync::changelog::NewChange {
+                share_id: share_id.clone(),
+                resource_type: "share",
+                resource_id: share_id.clone(),
+                change_type: "created",
+                changed_by: c.user_id.clone(),
+                new_path: Some("/".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
         tracing::info!(event = "user_provisioned", tenant_id = %c.tenant_id, user_id = %c.user_id, share_id = %share_id);
     }
     tx.commit().await?;

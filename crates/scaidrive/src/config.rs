@@ -90,6 +90,8 @@ pub struct Config {
     /// `SCAIDRIVE_GC_DELETE_PAUSE` (default 0): pause between two chunk deletions of a GC job
     /// (throttles S3 deletes; tests use it to kill a worker mid-job).
     pub gc_delete_pause: Duration,
+    /// Change-log retention and WebSocket limits (see `sync::SyncConfig`).
+    pub sync: crate::sync::SyncConfig,
 }
 
 fn is_pow2_at_least_64k(v: u64) -> bool {
@@ -226,6 +228,7 @@ impl Config {
             job_lease: env::duration_or("SCAIDRIVE_JOB_LEASE", Duration::from_secs(60))?,
             gc_batch: env::parse_or("SCAIDRIVE_GC_BATCH", 1000i64)?,
             gc_delete_pause: env::duration_or("SCAIDRIVE_GC_DELETE_PAUSE", Duration::ZERO)?,
+            sync: crate::sync::SyncConfig::from_env()?,
         })
     }
 

@@ -45,6 +45,13 @@ pub enum ApiError {
         message: String,
         details: Value,
     },
+    /// 410 with a specific code (e.g. `SYNC_CURSOR_INVALID`).
+    #[error("{message}")]
+    Gone {
+        code: &'static str,
+        message: String,
+        details: Value,
+    },
     #[error("requested range not satisfiable")]
     RangeNotSatisfiable { size: u64 },
     #[error("rate limit exceeded for {dimension}")]
@@ -90,7 +97,9 @@ impl ApiError {
             ApiError::TokenInvalid(_) => StatusCode::UNAUTHORIZED,
             ApiError::UserSuspended | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) | ApiError::SessionNotFound => StatusCode::NOT_FOUND,
-            ApiError::Deleted(_) | ApiError::SessionExpired => StatusCode::GONE,
+            ApiError::Deleted(_) | ApiError::SessionExpired | ApiError::Gone { .. } => {
+                StatusCode::GONE
+            }
             ApiError::NameConflict(_) | ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::ChecksumMismatch { .. } | ApiError::Validation { .. } => {
@@ -117,7 +126,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             ApiError::ChecksumMismatch { .. } => "CHECKSUM_MISMATCH",
             ApiError::Validation { .. } => "VALIDATION_ERROR",
-            ApiError::BadRequest { code, .. } | ApiError::Conflict { code, .. } => code,
+            ApiError::BadRequest { code, .. }
+            | ApiError::Conflict { code, .. }
+            | ApiError::Gone { code, .. } => code,
             ApiError::RangeNotSatisfiable { .. } => "RANGE_NOT_SATISFIABLE",
             ApiError::RateLimited { .. } => "RATE_LIMITED",
             ApiError::Unavailable(_) => "SERVICE_UNAVAILABLE",
@@ -136,7 +147,8 @@ impl ApiError {
             }
             ApiError::Validation { details, .. }
             | ApiError::BadRequest { details, .. }
-            | ApiError::Conflict { details, .. } => details.clone(),
+            | ApiError::Conflict { details, .. }
+            | ApiError::Gone { details, .. } => details.clone(),
             ApiError::RangeNotSatisfiable { size } => json!({"size": size}),
             ApiError::RateLimited {
                 dimension,

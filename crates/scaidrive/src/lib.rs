@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod pubsub;
 pub mod ratelimit;
 pub mod storage;
+pub mod sync;
 pub mod upload;
 
 use std::sync::Arc;
@@ -38,6 +39,10 @@ pub struct AppState {
     pub rate_limiter: Arc<ratelimit::RateLimit>,
     /// The Redis upload-session cache (production mode only).
     pub cache: Option<Arc<cache::RedisCache>>,
+    /// Change fan-out to this process's WebSockets (sync).
+    pub hub: Arc<pubsub::Hub>,
+    /// Open WebSockets of this process, for the connection limits.
+    pub ws: Arc<sync::ws::Registry>,
 }
 
 /// The embedded issuer of this data dir (key created on first use).
@@ -97,6 +102,10 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
         Some(url) => Some(Arc::new(cache::RedisCache::new(url, &cfg.redis_prefix)?)),
         None => None,
     };
+    let hub = match &cfg.redis_url {
+        Some(url) => pubsub::Hub::with_redis(url).context("SCAIDRIVE_REDIS_URL")?,
+        None => pubsub::Hub::local(),
+    };
     Ok(Arc::new(AppState {
         cfg: Arc::new(cfg),
         db,
@@ -104,7 +113,9 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
         verifier: Arc::new(verifier),
         hashers: Default::default(),
         jobs: job_queue,
-        notifier: Arc::new(pubsub::LogNotifier),
+        notifier: hub.clone(),
+        hub,
+        ws: Default::default(),
         rate_limiter,
         cache,
     }))

@@ -108,6 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 state.clone(),
                 std::future::pending(),
             ));
+            tokio::spawn(scaidrive::sync::run_maintenance(state.clone()));
             scaidrive::serve_http(state).await
         }
         Cmd::Api => {
@@ -136,6 +137,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tokio::spawn(
                 async move { axum::serve(listener, scaidrive::jobs::worker_router()).await },
             );
+            tokio::spawn(scaidrive::sync::run_maintenance(state.clone()));
             let sched = tokio::spawn(scaidrive::jobs::run_scheduler(state.clone()));
             scaidrive::jobs::run_worker(state, scai_core::shutdown::signal()).await;
             sched.abort();

@@ -154,7 +154,7 @@ async fn migrate_accepts_asyncmy_url_on_mariadb() {
     );
     let so = String::from_utf8_lossy(&out.stdout);
     assert!(
-        so.contains("applied 2"),
+        so.contains("applied 3"),
         "stdout {so:?} stderr {:?}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -276,7 +276,7 @@ pub fn parse_range(h: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u6
 
 #[derive(serde::Deserialize)]
 pub struct VersionQuery {
-    version: Option<String>,
+    pub version: Option<String>,
 }
 
 /// `GET /api/v1/files/{id}/content[?version=N]`: streamed chunk by chunk; `Range` → 206.

@@ -3,7 +3,7 @@
 //! `meta.request_id` to every JSON body.
 
 mod admin;
-mod files;
+pub(crate) mod files;
 mod folders;
 mod system;
 mod uploads;
@@ -184,6 +184,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/admin/users/{user_id}/deactivate",
             post(admin::deactivate),
         )
+        .merge(crate::sync::api::routes())
         .route("/metrics", get(scai_core::metrics::metrics_handler))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)

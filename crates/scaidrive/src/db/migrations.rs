@@ -25,6 +25,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0002_gc_tombstones.sql"),
         mysql: include_str!("../../migrations/mysql/0002_gc_tombstones.sql"),
     },
+    Migration {
+        version: 3,
+        name: "sync",
+        sqlite: include_str!("../../migrations/sqlite/0003_sync.sql"),
+        mysql: include_str!("../../migrations/mysql/0003_sync.sql"),
+    },
 ];
 
 /// Why `migrate` refused to run.

@@ -12,6 +12,7 @@ use sqlx::AnyConnection;
 use crate::auth::Caller;
 use crate::db::{iso, now, placeholders, Db};
 use crate::error::{is_unique_violation, ApiError, ApiResult};
+use crate::sync::changelog as log;
 
 pub const NODE_COLS: &str = "tenant_id, id, share_id, parent_id, kind, name, size, mime_type, checksum_sha256, version, version_id, owner_id, created_by, created_at, modified_by, modified_at, is_deleted";
 
@@ -327,6 +328,7 @@ pub async fn create_folder(db: &Db, c: &Caller, parent: &Node, name: &str) -> Ap
     names::validate("name", name)?;
     let id = scai_core::ids::new_id("fld");
     let ts = now();
+    let mut tx = db.pool.begin().await?;
     sqlx::query(
         "INSERT INTO nodes (tenant_id, id, share_id, parent_id, kind, name, live_name, owner_id, created_by, created_at, modified_by, modified_at) VALUES (?, ?, ?, ?, 'folder', ?, ?, ?, ?, ?, ?, ?)",
     )
@@ -341,12 +343,17 @@ pub async fn create_folder(db: &Db, c: &Caller, parent: &Node, name: &str) -> Ap
     .bind(ts)
     .bind(&c.user_id)
     .bind(ts)
-    .execute(&db.pool)
+    .execute(&mut *tx)
     .await
     .map_err(|e| map_conflict(e, name))?;
-    load_node(db, &c.tenant_id, &id)
+    // The change-log row commits with the folder (sync).
+    let node = log::load_in(&mut tx, &c.tenant_id, &id)
         .await?
-        .ok_or(ApiError::NotFound("folder"))
+        .ok_or(ApiError::NotFound("folder"))?;
+    let path = log::path_in(&mut tx, &c.tenant_id, &id).await?;
+    log::node_change(&mut tx, &node, "created", &c.user_id, None, Some(path)).await?;
+    tx.commit().await?;
+    Ok(node)
 }
 
 /// Rename and/or move a node. Moving a folder under itself or a descendant is refused; moves
@@ -394,6 +401,9 @@ pub async fn update_node(
         }
         parent_id = dest.id;
     }
+    let mut tx = db.pool.begin().await?;
+    log::begin_write(&mut tx, &c.tenant_id).await?;
+    let old_path = log::path_in(&mut tx, &c.tenant_id, &node.id).await?;
     sqlx::query("UPDATE nodes SET name = ?, live_name = ?, parent_id = ?, modified_by = ?, modified_at = ? WHERE tenant_id = ? AND id = ? AND is_deleted = 0")
         .bind(&name)
         .bind(&name)
@@ -402,16 +412,34 @@ pub async fn update_node(
         .bind(now())
         .bind(&c.tenant_id)
         .bind(&node.id)
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| map_conflict(e, &name))?;
-    load_node(db, &c.tenant_id, &node.id)
-        .await?
-        .ok_or(ApiError::NotFound(if node.is_folder() {
-            "folder"
-        } else {
-            "file"
-        }))
+    let updated =
+        log::load_in(&mut tx, &c.tenant_id, &node.id)
+            .await?
+            .ok_or(ApiError::NotFound(if node.is_folder() {
+                "folder"
+            } else {
+                "file"
+            }))?;
+    let new_path = log::path_in(&mut tx, &c.tenant_id, &node.id).await?;
+    let change = if updated.parent_id != node.parent_id {
+        "moved"
+    } else {
+        "renamed"
+    };
+    log::node_change(
+        &mut tx,
+        &updated,
+        change,
+        &c.user_id,
+        Some(old_path),
+        Some(new_path),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(updated)
 }
 
 /// Move a node (and, for a folder, everything under it) to the trash. The node's name is
@@ -425,6 +453,8 @@ pub async fn trash_node(db: &Db, c: &Caller, node: &Node) -> ApiResult<()> {
     }
     let ts = now();
     let mut tx = db.pool.begin().await?;
+    log::begin_write(&mut tx, &c.tenant_id).await?;
+    let old_path = log::path_in(&mut tx, &c.tenant_id, &node.id).await?;
     sqlx::query("UPDATE nodes SET is_deleted = 1, deleted_at = ?, live_name = NULL, modified_by = ?, modified_at = ? WHERE tenant_id = ? AND id = ?")
         .bind(ts)
         .bind(&c.user_id)
@@ -454,6 +484,8 @@ pub async fn trash_node(db: &Db, c: &Caller, node: &Node) -> ApiResult<()> {
             );
         }
     }
+    // One `deleted` row for the top node: a client removes the subtree with it.
+    log::node_change(&mut tx, node, "deleted", &c.user_id, Some(old_path), None).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -630,6 +662,12 @@ pub async fn commit_content(
         .execute(&mut *conn)
         .await?;
     add_refs(conn, &c.tenant_id, &content.hashes, 1).await?;
+    let node = log::load_in(conn, &c.tenant_id, &file_id)
+        .await?
+        .ok_or(ApiError::NotFound("file"))?;
+    let path = log::path_in(conn, &c.tenant_id, &file_id).await?;
+    let change = if number > 1 { "updated" } else { "created" };
+    log::node_change(conn, &node, change, &c.user_id, None, Some(path)).await?;
     Ok(file_id)
 }
 

@@ -17,7 +17,7 @@ pub fn bin() -> String {
     std::env::var("SCAIDRIVE_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
     MariaDb,
