@@ -42,6 +42,8 @@ pub struct App {
     pub verifier: Verifier,
     pub hub: Hub<Value>,
     pub limiter: Limits,
+    /// Presence across replicas (with `SCAIWAVE_REDIS_URL`).
+    pub shared_presence: Option<Arc<crate::shared_presence::SharedPresence>>,
     known: Mutex<HashSet<(String, String)>>,
     pub typing: Mutex<HashMap<(String, String, String), u64>>,
     pub presence: Mutex<HashMap<(String, String), String>>,
@@ -170,8 +172,40 @@ impl App {
             broker,
         )
         .await?;
+        let shared_presence = match &cfg.redis_url {
+            None => None,
+            Some(url) => {
+                let ttl = (cfg.ping_interval * 3).max(Duration::from_secs(1));
+                match crate::shared_presence::SharedPresence::connect(
+                    url,
+                    &cfg.redis_key_prefix,
+                    ttl,
+                )
+                .await
+                {
+                    Ok(sp) => {
+                        let sp = Arc::new(sp);
+                        let (weak, every) = (Arc::downgrade(&sp), cfg.ping_interval);
+                        tokio::spawn(async move {
+                            let mut tick = tokio::time::interval(every);
+                            loop {
+                                tick.tick().await;
+                                let Some(sp) = weak.upgrade() else { break };
+                                sp.refresh().await;
+                            }
+                        });
+                        Some(sp)
+                    }
+                    Err(e) => {
+                        tracing::warn!(event = "presence.shared_unavailable", error = %e, "presence.shared_unavailable: presence stays per replica");
+                        None
+                    }
+                }
+            }
+        };
         Ok(Arc::new(App {
             limiter: Limits::from_config(&cfg)?,
+            shared_presence,
             cfg,
             db,
             verifier,

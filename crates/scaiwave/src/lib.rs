@@ -17,5 +17,6 @@ pub mod events;
 pub mod messages;
 pub mod presence;
 pub mod rooms;
+pub mod shared_presence;
 pub mod stream;
 pub mod sync;

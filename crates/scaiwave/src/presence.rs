@@ -124,7 +124,22 @@ pub async fn get_presence(
     if ids.len() > 200 {
         return Err(ApiError::Invalid("at most 200 ids".into()));
     }
-    let online = app.hub.online_users(&ctx.tenant);
+    let mut online = app.hub.online_users(&ctx.tenant);
+    if let Some(sp) = &app.shared_presence {
+        // Sockets held by other replicas.
+        let remote: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !online.iter().any(|u| u == id))
+            .collect();
+        if let Some(flags) = sp.online_of(&ctx.tenant, &remote).await {
+            for (id, on) in remote.iter().zip(flags) {
+                if on {
+                    online.push(id.to_string());
+                }
+            }
+        }
+    }
     let mut m = Map::new();
     for id in ids {
         m.insert(

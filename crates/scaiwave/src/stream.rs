@@ -90,6 +90,9 @@ pub async fn stream(
         let was_online = app.hub.online_users(&tenant).contains(&user);
         // Boxed: the idle connection's task should not carry the size of these futures.
         if !was_online {
+            if let Some(sp) = &app.shared_presence {
+                Box::pin(sp.online(&tenant, &user)).await;
+            }
             Box::pin(publish_presence(&app, &tenant, &user, "online")).await;
         }
         let opts = SessionOptions {
@@ -126,6 +129,9 @@ pub async fn stream(
         );
         run.await;
         if !app.hub.online_users(&tenant).contains(&user) {
+            if let Some(sp) = &app.shared_presence {
+                Box::pin(sp.offline(&tenant, &user)).await;
+            }
             Box::pin(publish_presence(&app, &tenant, &user, "offline")).await;
         }
     })

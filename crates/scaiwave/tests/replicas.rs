@@ -212,7 +212,7 @@ async fn rate_limit_is_shared_across_replicas_through_redis() {
     if services::skip("rate_limit_is_shared_across_replicas_through_redis") {
         return;
     }
-    // No refill and a budget of 6 events per user, counted in Redis under a prefix of
+    // A budget of 6 events per user per 600 s window, counted in Redis under a prefix of
     // this run only.
     let (_db, a, b) = cluster_with(vec![
         ("SCAIWAVE_REDIS_URL", services::redis_url()),
@@ -220,7 +220,7 @@ async fn rate_limit_is_shared_across_replicas_through_redis() {
             "SCAIWAVE_REDIS_KEY_PREFIX",
             format!("scaiwave-test:{}", rand_suffix()),
         ),
-        ("SCAIWAVE_RATE_LIMIT_PER_SEC", "0".into()),
+        ("SCAIWAVE_RATE_LIMIT_PER_SEC", "0.01".into()),
         ("SCAIWAVE_RATE_LIMIT_BURST", "6".into()),
     ])
     .await;
@@ -257,4 +257,52 @@ async fn rate_limit_is_shared_across_replicas_through_redis() {
     let bob = b.token(&tenant, "bob");
     b.join(&bob, &room).await;
     b.send(&bob, &room, "bob is not limited by alice").await;
+}
+
+#[tokio::test]
+async fn presence_sees_sockets_held_by_the_other_replica() {
+    if services::skip("presence_sees_sockets_held_by_the_other_replica") {
+        return;
+    }
+    let (_db, a, b) = cluster_with(vec![
+        ("SCAIWAVE_REDIS_URL", services::redis_url()),
+        (
+            "SCAIWAVE_REDIS_KEY_PREFIX",
+            format!("scaiwave-test:{}", rand_suffix()),
+        ),
+    ])
+    .await;
+    let tenant = format!("pr{}", rand_suffix());
+    let alice = b.token(&tenant, "alice");
+    let bob = a.token(&tenant, "bob");
+    assert_eq!(presence_of(&a, &bob).await.0, "offline");
+    // Alice's socket is on replica b; replica a must see her online.
+    let (ws, _) = connect_hello(&b.ws_url(&alice)).await;
+    assert_eq!(
+        presence_of(&a, &bob).await,
+        ("online".to_string(), "offline".to_string())
+    );
+    drop(ws);
+    // Her last socket closed: a sees her offline once b has noticed.
+    let mut seen = String::new();
+    for _ in 0..200 {
+        seen = presence_of(&a, &bob).await.0;
+        if seen == "offline" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, "offline");
+}
+
+/// (alice, carol) as `GET /v1/presence` on `srv` reports them.
+async fn presence_of(srv: &Server, tok: &str) -> (String, String) {
+    let (s, v) = srv
+        .call("GET", tok, "/v1/presence?ids=usr_alice,usr_carol", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    (
+        v["data"]["usr_alice"].as_str().unwrap_or("").to_string(),
+        v["data"]["usr_carol"].as_str().unwrap_or("").to_string(),
+    )
 }
