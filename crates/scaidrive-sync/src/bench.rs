@@ -146,6 +146,8 @@ pub async fn run(o: Opts) -> anyhow::Result<()> {
         ("SCAIDRIVE_WS_MAX_PER_USER", "1000000".to_string()),
         ("SCAIDRIVE_WS_MAX_CONNECTIONS", "1000000".to_string()),
         ("SCAIDRIVE_LOG_LEVEL", "WARN".to_string()),
+        // The benchmark measures sync, not the per-user rate limit.
+        ("SCAIDRIVE_RATE_LIMIT_USER_PER_MINUTE", "0".to_string()),
     ];
     let server = spawn(&o.server_bin, &["serve"], &envs)?;
     wait_up(&base).await?;
@@ -160,6 +162,10 @@ pub async fn run(o: Opts) -> anyhow::Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_string();
+    let tenant = shares["shares"][0]["tenant_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     println!(
         "scaidrive-sync bench (server {}, embedded SQLite)",
         o.server_bin.display()
@@ -170,22 +176,24 @@ pub async fn run(o: Opts) -> anyhow::Result<()> {
         let db = format!("sqlite://{}", data.join("scaidrive.db").display());
         let pool = sqlx::SqlitePool::connect(&db).await?;
         let (head,): (i64,) =
-            sqlx::query_as("SELECT position FROM change_counters WHERE tenant_id = 'bench'")
+            sqlx::query_as("SELECT position FROM change_counters WHERE tenant_id = ?")
+                .bind(&tenant)
                 .fetch_one(&pool)
                 .await?;
         let mut tx = pool.begin().await?;
         for i in 0..o.backlog as i64 {
-            sqlx::query("INSERT INTO change_log (tenant_id, position, id, share_id, resource_type, resource_id, change_type, changed_by, changed_at, old_path, new_path, version_id, size, mime_type, checksum_sha256) VALUES ('bench', ?, ?, ?, 'file', ?, 'created', 'usr_bench', strftime('%s','now'), NULL, ?, ?, 1234, 'text/plain', NULL)")
-                .bind(head + 1 + i).bind(format!("chg_bench{i}")).bind(&share).bind(format!("fil_bench{i}")).bind(format!("/bench/f{i}.txt")).bind(format!("ver_bench{i}"))
+            sqlx::query("INSERT INTO change_log (tenant_id, position, id, share_id, resource_type, resource_id, change_type, changed_by, changed_at, old_path, new_path, version_id, size, mime_type, checksum_sha256) VALUES (?, ?, ?, ?, 'file', ?, 'created', 'usr_bench', strftime('%s','now'), NULL, ?, ?, 1234, 'text/plain', NULL)")
+                .bind(&tenant).bind(head + 1 + i).bind(format!("chg_bench{i}")).bind(&share).bind(format!("fil_bench{i}")).bind(format!("/bench/f{i}.txt")).bind(format!("ver_bench{i}"))
                 .execute(&mut *tx).await?;
         }
-        sqlx::query("UPDATE change_counters SET position = ? WHERE tenant_id = 'bench'")
+        sqlx::query("UPDATE change_counters SET position = ? WHERE tenant_id = ?")
             .bind(head + o.backlog as i64)
+            .bind(&tenant)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
         let t = Instant::now();
-        let rows: Vec<(i64, String, String)> = sqlx::query_as("SELECT position, id, new_path FROM change_log WHERE tenant_id = 'bench' AND share_id = ? AND position > ? ORDER BY position").bind(&share).bind(head).fetch_all(&pool).await?;
+        let rows: Vec<(i64, String, String)> = sqlx::query_as("SELECT position, id, new_path FROM change_log WHERE tenant_id = ? AND share_id = ? AND position > ? ORDER BY position").bind(&tenant).bind(&share).bind(head).fetch_all(&pool).await?;
         let raw = t.elapsed();
         let t = Instant::now();
         let mut cursor = head.to_string();
@@ -205,7 +213,8 @@ pub async fn run(o: Opts) -> anyhow::Result<()> {
         let http = t.elapsed();
         println!("backlog pull: {n} changes in {:.2}s = {:.0} changes/s over HTTP (limit 5000); baseline raw SELECT of {} rows: {:.0} rows/s", http.as_secs_f64(), n as f64 / http.as_secs_f64(), rows.len(), rows.len() as f64 / raw.as_secs_f64());
         // Drop the fake rows so the client benchmarks below do not pull them.
-        sqlx::query("DELETE FROM change_log WHERE tenant_id = 'bench' AND id LIKE 'chg_bench%'")
+        sqlx::query("DELETE FROM change_log WHERE tenant_id = ? AND id LIKE 'chg_bench%'")
+            .bind(&tenant)
             .execute(&pool)
             .await?;
     }
@@ -229,15 +238,20 @@ pub async fn run(o: Opts) -> anyhow::Result<()> {
         let after = rss_kib(pid);
         let per = (after.saturating_sub(before)) as f64 * 1024.0 / o.sockets as f64;
         println!("idle WebSockets: {} connected, server RSS {} → {} KiB = {:.0} bytes per connection; guide (troubleshooting doc) ~8192 bytes", o.sockets, before, after, per);
+        drop(socks);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (mut one, _) = tokio_tungstenite::connect_async(&url).await?;
+        one.send(Message::Text(r#"{"type":"subscribe"}"#.into()))
+            .await?;
+        let _ = one.next().await;
         // Same-process nudge latency (baseline for the cross-replica figure).
-        let mut lat = nudge_latency(&h, &mut socks[0], &share, o.samples).await?;
+        let mut lat = nudge_latency(&h, &mut one, &share, o.samples).await?;
         println!(
             "commit→nudge, same process: p50 {:.2} ms, p99 {:.2} ms ({} samples)",
             pct(&mut lat, 0.5),
             pct(&mut lat, 0.99),
             o.samples
         );
-        drop(socks);
     }
 
     // 3. Client: many small files, then a one-byte edit in a big file.
@@ -362,6 +376,7 @@ async fn replicas(o: &Opts, tmp: &Path) -> anyhow::Result<(Vec<f64>, usize)> {
             ("SCAIDRIVE_EMBEDDED_AUTH", "1".to_string()),
             ("SCAIDRIVE_BIND", format!("127.0.0.1:{port}")),
             ("SCAIDRIVE_LOG_LEVEL", "WARN".to_string()),
+            ("SCAIDRIVE_RATE_LIMIT_USER_PER_MINUTE", "0".to_string()),
         ]
     };
     let result = async {
