@@ -47,6 +47,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for J<T> {
                 message: format!("invalid request body: {}", e.body_text()),
                 details: json!({"reason": e.body_text()}),
             }),
+            // axum reports an over-limit body as 400; it is a 413 to the client.
+            Err(e)
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE
+                    || e.body_text().contains("length limit exceeded") =>
+            {
+                Err(ApiError::PayloadTooLarge {
+                    message: "request body too large".into(),
+                    limit: 2 << 20,
+                })
+            }
             Err(e) => Err(ApiError::BadRequest {
                 code: "VALIDATION_ERROR",
                 message: format!("malformed request body: {}", e.body_text()),

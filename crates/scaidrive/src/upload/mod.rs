@@ -216,7 +216,7 @@ pub async fn create_session(
     if req.file_size as u64 > limit {
         return Err(too_large(req.file_size as u64, limit));
     }
-    let total_chunks = (req.file_size + chunk_size - 1) / chunk_size;
+    let total_chunks = req.file_size / chunk_size + i64::from(req.file_size % chunk_size != 0);
     let mime = req
         .mime_type
         .unwrap_or_else(|| fs::names::mime_for(&name).to_string());
@@ -336,8 +336,12 @@ pub async fn session_json(state: &AppState, s: &Session) -> ApiResult<Value> {
     for i in 0..s.total_chunks {
         if it.peek() == Some(&&i) {
             it.next();
-        } else if missing.len() < 1000 {
+        } else {
             missing.push(i);
+            // Bounded answer (and bounded work: a session may declare billions of chunks).
+            if missing.len() >= 1000 {
+                break;
+            }
         }
     }
     let ttl = state.cfg.upload_session_ttl.as_secs() as i64;
