@@ -762,7 +762,8 @@ impl Engine {
             rep.conflicts += 1;
             return Ok(());
         }
-        let meta = std::fs::metadata(self.local(&server_path))?;
+        let meta = std::fs::metadata(self.local(&server_path))
+            .with_context(|| format!("uploaded {p:?}: server answered {r}"))?;
         self.state
             .put(&Entry {
                 path: server_path,

@@ -70,10 +70,8 @@ trait SendRetrying {
 }
 
 impl SendRetrying for reqwest::RequestBuilder {
-    fn send_retrying(
-        self,
-    ) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + Send {
-        async move {
+    async fn send_retrying(self) -> reqwest::Result<reqwest::Response> {
+        {
             let mut rb = self;
             for _ in 0..3 {
                 // A streaming body cannot be replayed: such requests are sent once.

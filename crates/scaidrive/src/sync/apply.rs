@@ -207,6 +207,9 @@ async fn complete_as(st: &AppState, c: &Caller, session_id: &str, into: Dest) ->
         .bind(&s.id)
         .execute(&st.db.pool)
         .await?;
+    // The Redis cache still holds the session as it was: drop it so the reload below reads
+    // the re-pointed row from the database.
+    crate::upload::uncache_session(st, &c.tenant_id, &s.id).await;
     let s = crate::upload::load_session(st, c, session_id, false).await?;
     let node = crate::upload::complete(st, c, &s).await?;
     crate::pubsub::node_changed(
@@ -225,6 +228,8 @@ async fn abort_session(st: &AppState, c: &Caller, session_id: &str) -> ApiResult
     sqlx::query("UPDATE upload_sessions SET status = 'aborted', last_activity_at = ? WHERE tenant_id = ? AND id = ? AND status = 'active'")
         .bind(now()).bind(&c.tenant_id).bind(session_id)
         .execute(&st.db.pool).await?;
+    // After the row changed, so no reader can re-cache the active session in between.
+    crate::upload::uncache_session(st, &c.tenant_id, session_id).await;
     sqlx::query("DELETE FROM upload_parts WHERE tenant_id = ? AND session_id = ?")
         .bind(&c.tenant_id)
         .bind(session_id)
