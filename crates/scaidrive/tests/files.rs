@@ -626,6 +626,40 @@ async fn resumable_upload_dedup_and_errors(b: Backend) {
         )
         .await;
     assert_err(st, &e, 403, "AUTHZ_PERMISSION_DENIED");
+    // Absurd declared sizes: negative is refused; i64::MAX (allowed by the tenant here) gives a
+    // session whose status answers at once (it once looped over every declared chunk).
+    let (st, e) = s
+        .post(
+            &tok,
+            "/api/v1/uploads",
+            json!({"share_id": share, "file_name": "neg", "file_size": -1}),
+        )
+        .await;
+    assert!(st == 400 || st == 422, "{st} {e}");
+    let (st, t) = s
+        .patch(
+            &admin,
+            "/api/v1/admin/tenant",
+            json!({"settings": {"max_file_size_bytes": i64::MAX}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{t}");
+    let (st, sess) = s
+        .post(
+            &tok,
+            "/api/v1/uploads",
+            json!({"share_id": share, "file_name": "enormous", "file_size": i64::MAX}),
+        )
+        .await;
+    assert_eq!(st, 201, "{sess}");
+    let sid = sess["session_id"].as_str().unwrap().to_string();
+    let status = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        s.get(&tok, &format!("/api/v1/uploads/{sid}")),
+    )
+    .await
+    .expect("status of a huge session must answer promptly");
+    assert_eq!(status.0, 200, "{}", status.1);
 }
 
 async fn versions_list_download_restore(b: Backend) {
