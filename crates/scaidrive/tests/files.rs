@@ -1035,6 +1035,10 @@ macro_rules! suite {
         async fn bad_input_never_500() {
             super::bad_input_never_500($backend).await
         }
+        #[tokio::test]
+        async fn avatars() {
+            super::avatars($backend).await
+        }
     };
 }
 
@@ -1053,4 +1057,74 @@ mod s3 {
 /// MariaDB + Redis + s3s-fs: the production configuration.
 mod production {
     suite!(crate::Backend::Production);
+}
+
+/// Avatars: stored at `avatars/{tenant_id}/{user_id}`, readable by the tenant's users only.
+async fn avatars(b: Backend) {
+    let Some(s) = Srv::start(b, &[]).await else {
+        return;
+    };
+    let alice = s.token("acme", "alice", false);
+    let bob = s.token("acme", "bob", false);
+    let eve = s.token("evil", "eve", false);
+    let put = |tok: String, body: Vec<u8>| {
+        let req = s
+            .http
+            .put(s.url("/api/v1/users/me/avatar"))
+            .bearer_auth(tok)
+            .body(body);
+        async move { common::json_of(req.send().await.unwrap()).await }
+    };
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend_from_slice(&data(5_000, 21));
+    let (st, v) = put(alice.clone(), png.clone()).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["mime_type"], "image/png");
+    // Not an image; too big.
+    let (st, e) = put(alice.clone(), b"hello".to_vec()).await;
+    assert_err(st, &e, 400, "UNSUPPORTED_MEDIA_TYPE");
+    let mut huge = b"\x89PNG\r\n\x1a\n".to_vec();
+    // Just over the limit, so the whole body is sent before the server answers.
+    huge.extend_from_slice(&data((2 << 20) + 1024, 22));
+    // On its own connection: the server answers 413 before reading the whole body and closes
+    // that connection, which a pooled client would otherwise try to reuse.
+    let (st, e) = common::json_of(
+        reqwest::Client::new()
+            .put(s.url("/api/v1/users/me/avatar"))
+            .bearer_auth(&alice)
+            .body(huge)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_err(st, &e, 413, "PAYLOAD_TOO_LARGE");
+    // Bob (same tenant) reads Alice's avatar; Eve (another tenant) cannot.
+    let get = |tok: &str, user: &str| {
+        s.http
+            .get(s.url(&format!("/api/v1/users/{user}/avatar")))
+            .bearer_auth(tok)
+            .send()
+    };
+    let r = get(&bob, "usr_alice").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/png");
+    assert_eq!(r.bytes().await.unwrap().to_vec(), png);
+    assert_eq!(get(&eve, "usr_alice").await.unwrap().status(), 404);
+    assert_eq!(get(&bob, "usr_nobody").await.unwrap().status(), 404);
+    assert_eq!(get(&bob, "..%2F..%2Fetc").await.unwrap().status(), 404);
+    // The key layout on the local store: ids only.
+    if matches!(b, Backend::Sqlite | Backend::MariaDb) {
+        let p = s.dir.path().join("objects/avatars/tnt_acme/usr_alice");
+        assert_eq!(std::fs::read(&p).unwrap(), png, "{}", p.display());
+    }
+    let r = s
+        .http
+        .delete(s.url("/api/v1/users/me/avatar"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(get(&bob, "usr_alice").await.unwrap().status(), 404);
 }

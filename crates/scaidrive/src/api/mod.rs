@@ -3,6 +3,7 @@
 //! `meta.request_id` to every JSON body.
 
 mod admin;
+mod avatars;
 pub(crate) mod files;
 mod folders;
 mod system;
@@ -138,6 +139,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/config", get(system::config))
         .route("/api/v1/users/me", get(users::me))
         .route("/api/v1/users/me/shares", get(users::my_shares))
+        .route(
+            "/api/v1/users/me/avatar",
+            put(avatars::put_mine).delete(avatars::delete_mine).layer(
+                axum::extract::DefaultBodyLimit::max(avatars::MAX_AVATAR_BYTES + 1),
+            ),
+        )
+        .route("/api/v1/users/{user_id}/avatar", get(avatars::get))
         .route("/api/v1/shares/{share_id}", get(users::share))
         .route("/api/v1/folders", post(folders::create))
         .route(
