@@ -122,6 +122,9 @@ pub struct Config {
     pub listen_addr: String,
     pub data_dir: PathBuf,
     pub max_multipart_uploads: usize,
+    /// `DGP_MAX_TOTAL_MULTIPART_BYTES`: bytes staged by all in-flight multipart uploads
+    /// together (default max_object_size × max_uploads / 4).
+    pub max_total_multipart_bytes: u64,
     pub audit_ring_size: usize,
     pub debug_headers: bool,
     pub max_delta_ratio: f64,
@@ -273,22 +276,31 @@ impl Config {
                 "DGP_DATA_DIR: paths containing .. are rejected".into(),
             ));
         }
+        let max_multipart_uploads: usize =
+            env::parse_or("DGP_MAX_MULTIPART_UPLOADS", 1000usize).map_err(cfg_err)?;
+        let max_object_size: u64 = env::parse_or(
+            "DGP_MAX_OBJECT_SIZE",
+            adv.max_object_size.unwrap_or(104_857_600u64),
+        )
+        .map_err(cfg_err)?;
+        // The guide's default: max_object_size × max_uploads / 4.
+        let max_total_multipart_bytes: u64 = env::parse_or(
+            "DGP_MAX_TOTAL_MULTIPART_BYTES",
+            max_object_size.saturating_mul(max_multipart_uploads as u64) / 4,
+        )
+        .map_err(cfg_err)?;
         Ok(Config {
             listen_addr: env::string_or(
                 "DGP_LISTEN_ADDR",
                 adv.listen_addr.as_deref().unwrap_or("0.0.0.0:9000"),
             ),
             data_dir,
-            max_multipart_uploads: env::parse_or("DGP_MAX_MULTIPART_UPLOADS", 1000usize)
-                .map_err(cfg_err)?,
+            max_multipart_uploads,
+            max_total_multipart_bytes,
             audit_ring_size: env::parse_or("DGP_AUDIT_RING_SIZE", 500usize).map_err(cfg_err)?,
             debug_headers: env::bool_or("DGP_DEBUG_HEADERS", false).map_err(cfg_err)?,
             max_delta_ratio,
-            max_object_size: env::parse_or(
-                "DGP_MAX_OBJECT_SIZE",
-                adv.max_object_size.unwrap_or(104_857_600u64),
-            )
-            .map_err(cfg_err)?,
+            max_object_size,
             cache_mb: env::parse_or("DGP_CACHE_MB", adv.cache_size_mb.unwrap_or(100u64))
                 .map_err(cfg_err)?,
             codec_concurrency,
@@ -325,6 +337,7 @@ impl Config {
             listen_addr: "127.0.0.1:0".into(),
             data_dir,
             max_multipart_uploads: 1000,
+            max_total_multipart_bytes: 104_857_600 * 1000 / 4,
             audit_ring_size: 500,
             debug_headers: false,
             max_delta_ratio: 0.75,

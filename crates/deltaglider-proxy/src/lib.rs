@@ -235,8 +235,11 @@ pub async fn build_state(cfg: Config) -> Result<Arc<AppState>, ProxyError> {
         users.push(iam::bootstrap_user(k, s));
     }
     let iam = iam::Iam::new(users, cfg.file.access.iam_groups.clone());
-    let multipart =
-        multipart::Multipart::new(cfg.data_dir.join("multipart"), cfg.max_multipart_uploads);
+    let multipart = multipart::Multipart::new(
+        cfg.data_dir.join("multipart"),
+        cfg.max_multipart_uploads,
+        cfg.max_total_multipart_bytes,
+    );
     metrics::gauge!("deltaglider_build_info", "version" => env!("CARGO_PKG_VERSION"), "backend_type" => engine.backend_kind()).set(1.0);
     metrics::gauge!("process_start_time_seconds").set(chrono::Utc::now().timestamp() as f64);
     Ok(Arc::new(AppState {

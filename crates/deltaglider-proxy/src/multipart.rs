@@ -1,6 +1,7 @@
 //! Multipart uploads: parts are staged as local files; CompleteMultipartUpload concatenates
 //! them (hashing as it goes) and hands the whole object to the delta engine, keeping the
-//! `"<md5 of part md5s>-N"` ETag. At most `DGP_MAX_MULTIPART_UPLOADS` uploads in flight.
+//! `"<md5 of part md5s>-N"` ETag. At most `DGP_MAX_MULTIPART_UPLOADS` uploads in flight and at
+//! most `DGP_MAX_TOTAL_MULTIPART_BYTES` staged across them; beyond either, `SlowDown`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -30,16 +31,31 @@ pub struct Multipart {
     uploads: Mutex<HashMap<String, Upload>>,
     root: PathBuf,
     max: usize,
+    /// Bytes that staged parts of all in-flight uploads may hold together.
+    max_bytes: u64,
 }
 
 impl Multipart {
-    pub fn new(root: PathBuf, max: usize) -> Self {
+    pub fn new(root: PathBuf, max: usize, max_bytes: u64) -> Self {
         let _ = std::fs::remove_dir_all(&root);
         Multipart {
             uploads: Mutex::new(HashMap::new()),
             root,
             max,
+            max_bytes,
         }
+    }
+
+    /// Bytes held by the staged parts of every in-flight upload, not counting `skip`
+    /// (the part a PUT is about to replace).
+    fn staged_bytes(&self, skip: Option<(&str, i32)>) -> u64 {
+        self.uploads
+            .lock()
+            .iter()
+            .flat_map(|(id, u)| u.parts.iter().map(move |(n, p)| (id, *n, p.1)))
+            .filter(|(id, n, _)| skip != Some((id.as_str(), *n)))
+            .map(|(_, _, size)| size)
+            .sum()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -106,6 +122,11 @@ impl Multipart {
             ));
         }
         let up = self.get(bucket, key, id)?;
+        // Room left under the global cap; parts streaming at the same moment are not reserved,
+        // so the cap can be overshot by what is in flight concurrently (a bounded overshoot).
+        let room = self
+            .max_bytes
+            .saturating_sub(self.staged_bytes(Some((id, n))));
         let tmp = up
             .dir
             .join(format!("part-{n}.tmp-{}", uuid::Uuid::new_v4()));
@@ -116,6 +137,11 @@ impl Multipart {
             let c = c.map_err(|e| ProxyError::InvalidArgument(format!("request body: {e}")))?;
             md5.update(&c);
             size += c.len() as u64;
+            if size > room {
+                drop(f);
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(ProxyError::TooManyUploads);
+            }
             f.write_all(&c).await?;
         }
         f.flush().await?;

@@ -69,6 +69,7 @@ async fn auth_iam_public_prefixes_and_admin_surface() {
             ("DGP_BOOTSTRAP_PASSWORD_HASH", hash),
             ("DGP_SECURE_COOKIES", "false".into()),
             ("DGP_MAX_MULTIPART_UPLOADS", "2".into()),
+            ("DGP_MAX_TOTAL_MULTIPART_BYTES", "100000".into()),
         ],
         None,
     )
@@ -281,14 +282,16 @@ async fn auth_iam_public_prefixes_and_admin_surface() {
     );
 
     // At most DGP_MAX_MULTIPART_UPLOADS in flight.
+    let mut ids = Vec::new();
     for i in 0..2 {
-        admin
+        let c = admin
             .create_multipart_upload()
             .bucket("team")
             .key(format!("mp{i}.bin"))
             .send()
             .await
             .unwrap();
+        ids.push(c.upload_id().unwrap().to_string());
     }
     let e = admin
         .create_multipart_upload()
@@ -298,6 +301,23 @@ async fn auth_iam_public_prefixes_and_admin_surface() {
         .await
         .unwrap_err();
     assert_eq!(code(&e.into_service_error()), "SlowDown");
+
+    // At most DGP_MAX_TOTAL_MULTIPART_BYTES staged across them: 60 kB fits, 60 kB more does
+    // not (SlowDown), and re-sending the same part number replaces rather than adds.
+    let part = |i: usize, n: i32| {
+        admin
+            .upload_part()
+            .bucket("team")
+            .key(format!("mp{i}.bin"))
+            .upload_id(ids[i].clone())
+            .part_number(n)
+            .body(aws_sdk_s3::primitives::ByteStream::from(vec![7u8; 60_000]))
+            .send()
+    };
+    part(0, 1).await.unwrap();
+    let e = part(1, 1).await.unwrap_err();
+    assert_eq!(code(&e.into_service_error()), "SlowDown");
+    part(0, 1).await.unwrap();
 
     // Metrics: the spec's names.
     let m = http
