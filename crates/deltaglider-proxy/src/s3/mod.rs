@@ -88,6 +88,21 @@ fn visible_metadata(r: &Resolved) -> Metadata {
 }
 
 impl Proxy {
+    /// `NoSuchBucket` unless `bucket` exists (for operations that only read bucket state).
+    async fn require_bucket(&self, bucket: &str) -> S3Result<()> {
+        if self
+            .state
+            .engine
+            .bucket_exists(bucket)
+            .await
+            .map_err(perr)?
+        {
+            Ok(())
+        } else {
+            Err(S3Error::new(S3ErrorCode::NoSuchBucket))
+        }
+    }
+
     fn principal<T>(req: &S3Request<T>) -> Principal {
         req.extensions
             .get::<Principal>()
@@ -262,15 +277,7 @@ impl S3 for Proxy {
         &self,
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
-        if !self
-            .state
-            .engine
-            .bucket_exists(&req.input.bucket)
-            .await
-            .map_err(perr)?
-        {
-            return Err(S3Error::new(S3ErrorCode::NoSuchBucket));
-        }
+        self.require_bucket(&req.input.bucket).await?;
         Ok(S3Response::new(HeadBucketOutput {
             bucket_region: Some("us-east-1".into()),
             ..Default::default()
@@ -281,15 +288,7 @@ impl S3 for Proxy {
         &self,
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
-        if !self
-            .state
-            .engine
-            .bucket_exists(&req.input.bucket)
-            .await
-            .map_err(perr)?
-        {
-            return Err(S3Error::new(S3ErrorCode::NoSuchBucket));
-        }
+        self.require_bucket(&req.input.bucket).await?;
         Ok(S3Response::new(GetBucketLocationOutput::default()))
     }
 
@@ -297,15 +296,7 @@ impl S3 for Proxy {
         &self,
         req: S3Request<GetBucketVersioningInput>,
     ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
-        if !self
-            .state
-            .engine
-            .bucket_exists(&req.input.bucket)
-            .await
-            .map_err(perr)?
-        {
-            return Err(S3Error::new(S3ErrorCode::NoSuchBucket));
-        }
+        self.require_bucket(&req.input.bucket).await?;
         Ok(S3Response::new(GetBucketVersioningOutput::default()))
     }
 
@@ -697,15 +688,7 @@ impl S3 for Proxy {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let i = req.input;
-        if !self
-            .state
-            .engine
-            .bucket_exists(&i.bucket)
-            .await
-            .map_err(perr)?
-        {
-            return Err(S3Error::new(S3ErrorCode::NoSuchBucket));
-        }
+        self.require_bucket(&i.bucket).await?;
         crate::delta::validate_key(&i.key).map_err(perr)?;
         let opts = Self::put_options(i.content_type, i.metadata);
         let id = self

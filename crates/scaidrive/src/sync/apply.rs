@@ -224,6 +224,22 @@ async fn complete_as(st: &AppState, c: &Caller, session_id: &str, into: Dest) ->
     Ok(node)
 }
 
+/// KEEP_BOTH: complete the client's session as a new file beside `file`, named as a conflict
+/// copy (`name (conflict copy … device).ext`) that is free in the same folder.
+async fn complete_as_copy(x: &Ctx<'_>, file: &Node, sid: &str) -> ApiResult<Node> {
+    let (st, c) = (x.st, x.c);
+    let (folder, _) = fs::get_node(
+        &st.db,
+        c,
+        file.parent_id.as_deref().unwrap_or(""),
+        Kind::Folder,
+        false,
+    )
+    .await?;
+    let name = free_copy_name(st, c, &folder, &file.name, &x.device_name).await?;
+    complete_as(st, c, sid, Dest::New(Box::new(folder), name)).await
+}
+
 async fn abort_session(st: &AppState, c: &Caller, session_id: &str) -> ApiResult<()> {
     sqlx::query("UPDATE upload_sessions SET status = 'aborted', last_activity_at = ? WHERE tenant_id = ? AND id = ? AND status = 'active'")
         .bind(now()).bind(&c.tenant_id).bind(session_id)
@@ -537,17 +553,7 @@ async fn settle(
     let path = fs::node_path(&st.db, file).await?;
     if file.is_folder() {
         // A file where a folder is: always keep both.
-        let folder = fs::get_node(
-            &st.db,
-            c,
-            file.parent_id.as_deref().unwrap_or(""),
-            Kind::Folder,
-            false,
-        )
-        .await?
-        .0;
-        let name = free_copy_name(st, c, &folder, &file.name, &x.device_name).await?;
-        let n = complete_as(st, c, sid, Dest::New(Box::new(folder), name)).await?;
+        let n = complete_as_copy(x, file, sid).await?;
         let cid = record_conflict(
             x,
             "file",
@@ -609,17 +615,7 @@ async fn settle(
             )
         }
         Strategy::KeepBoth => {
-            let folder = fs::get_node(
-                &st.db,
-                c,
-                file.parent_id.as_deref().unwrap_or(""),
-                Kind::Folder,
-                false,
-            )
-            .await?
-            .0;
-            let name = free_copy_name(st, c, &folder, &file.name, &x.device_name).await?;
-            let n = complete_as(st, c, sid, Dest::New(Box::new(folder), name)).await?;
+            let n = complete_as_copy(x, file, sid).await?;
             let cid = record_conflict(
                 x,
                 "file",
