@@ -1039,6 +1039,10 @@ macro_rules! suite {
         async fn avatars() {
             super::avatars($backend).await
         }
+        #[tokio::test]
+        async fn pending_chunk_layout() {
+            super::pending_chunk_layout($backend).await
+        }
     };
 }
 
@@ -1127,4 +1131,127 @@ async fn avatars(b: Backend) {
         .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(get(&bob, "usr_alice").await.unwrap().status(), 404);
+}
+
+/// Where an object key lives on disk for this backend: the local store's directory, or the
+/// s3s-fs root of the bucket.
+fn object_path(s: &Srv, b: Backend, key: &str) -> std::path::PathBuf {
+    match b {
+        Backend::Sqlite | Backend::MariaDb => s.dir.path().join("objects").join(key),
+        Backend::S3 | Backend::Production => s.dir.path().join("s3root/scaidrive").join(key),
+    }
+}
+
+/// Pending chunks of a resumable upload wait under `uploads/{session_id}/chunks/{index}` and
+/// move to `chunks/{tenant}/{h0:2}/{h2:4}/{h}` at complete; the bytes under a pending key never
+/// change once written, so a re-sent index with other bytes cannot store a chunk under a wrong
+/// hash.
+async fn pending_chunk_layout(b: Backend) {
+    let Some(s) = Srv::start(b, &[]).await else {
+        return;
+    };
+    let tok = s.token("acme", "alice", false);
+    let (_, root) = s.home(&tok).await;
+    let part = 64 * 1024;
+    let good = data(2 * part, 77);
+    let (st, sess) = s
+        .post(
+            &tok,
+            "/api/v1/uploads",
+            json!({"folder_id": root, "file_name": "layout.bin", "file_size": good.len(),
+                   "chunk_size": part, "checksum_sha256": sha256_hex(&good)}),
+        )
+        .await;
+    assert_eq!(st, 201, "{sess}");
+    let sid = sess["session_id"].as_str().unwrap().to_string();
+    let chunk_path = |bytes: &[u8]| {
+        let h = sha256_hex(bytes);
+        object_path(
+            &s,
+            b,
+            &format!("chunks/tnt_acme/{}/{}/{h}", &h[0..2], &h[2..4]),
+        )
+    };
+    let (st, r) = s.put_chunk(&tok, &sid, 0, good[..part].to_vec()).await;
+    assert_eq!(st, 200, "{r}");
+    let pending0 = object_path(&s, b, &format!("uploads/{sid}/chunks/0"));
+    assert_eq!(std::fs::read(&pending0).unwrap(), &good[..part]);
+    assert!(!chunk_path(&good[..part]).exists());
+    // Chunk 1 first with wrong bytes (no declared hash), then with the right ones.
+    let wrong = data(part, 5);
+    let (st, r) = s.put_chunk(&tok, &sid, 1, wrong.clone()).await;
+    assert_eq!(st, 200, "{r}");
+    let (st, r) = s.put_chunk(&tok, &sid, 1, good[part..].to_vec()).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        std::fs::read(object_path(&s, b, &format!("uploads/{sid}/chunks/1"))).unwrap(),
+        wrong,
+        "a pending key keeps its first bytes"
+    );
+    let (st, file) = s
+        .post(&tok, &format!("/api/v1/uploads/{sid}/complete"), json!({}))
+        .await;
+    assert_eq!(st, 200, "{file}");
+    assert_eq!(file["checksum_sha256"], sha256_hex(&good));
+    assert_eq!(
+        files_under(&object_path(&s, b, &format!("uploads/{sid}"))),
+        0
+    );
+    for c in [&good[..part], &good[part..]] {
+        assert_eq!(std::fs::read(chunk_path(c)).unwrap(), c);
+    }
+    assert!(
+        !chunk_path(&wrong).exists(),
+        "never referenced, never promoted"
+    );
+    let fid = file["id"].as_str().unwrap();
+    let r = s
+        .download(&tok, &format!("/api/v1/files/{fid}/content"), None)
+        .await;
+    assert!(
+        r.bytes().await.unwrap().to_vec() == good,
+        "download differs"
+    );
+
+    // An aborted session leaves no pending bytes.
+    let (st, sess) = s
+        .post(
+            &tok,
+            "/api/v1/uploads",
+            json!({"folder_id": root, "file_name": "gone.bin", "file_size": part}),
+        )
+        .await;
+    assert_eq!(st, 201, "{sess}");
+    let sid = sess["session_id"].as_str().unwrap().to_string();
+    let (st, _) = s.put_chunk(&tok, &sid, 0, data(part, 9)).await;
+    assert_eq!(st, 200);
+    assert!(object_path(&s, b, &format!("uploads/{sid}/chunks/0")).exists());
+    let r = s
+        .http
+        .delete(s.url(&format!("/api/v1/uploads/{sid}")))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        files_under(&object_path(&s, b, &format!("uploads/{sid}"))),
+        0
+    );
+}
+
+/// Regular files below `dir` (0 when it does not exist); an S3 server may keep empty dirs.
+fn files_under(dir: &std::path::Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            if e.file_type().unwrap().is_dir() {
+                files_under(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
 }

@@ -62,6 +62,7 @@ pub async fn abort(
         .await?;
     st.hashers.reset(&s.id);
     upload::uncache_session(&st, &c.tenant_id, &s.id).await;
+    upload::discard_pending(&st, &s.id).await;
     Ok(ok(
         StatusCode::OK,
         json!({"session_id": s.id, "status": "aborted"}),

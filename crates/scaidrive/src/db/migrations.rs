@@ -31,6 +31,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0003_sync.sql"),
         mysql: include_str!("../../migrations/mysql/0003_sync.sql"),
     },
+    Migration {
+        version: 5,
+        name: "pending_chunks",
+        sqlite: include_str!("../../migrations/sqlite/0005_pending_chunks.sql"),
+        mysql: include_str!("../../migrations/mysql/0005_pending_chunks.sql"),
+    },
 ];
 
 /// Why `migrate` refused to run.

@@ -97,6 +97,7 @@ pub async fn expire_sessions(state: &AppState) -> anyhow::Result<u64> {
             c.del("upload", &format!("{tenant}:{id}")).await;
         }
         state.hashers.reset(&id);
+        crate::upload::discard_pending(state, &id).await;
         n += 1;
     }
     // A chunk PUT that raced with an abort/expiry on another replica may have left a part

@@ -36,6 +36,12 @@ impl LocalStore {
         }
         Ok(self.root.join(key))
     }
+
+    fn tmp_path(&self) -> PathBuf {
+        self.root
+            .join("tmp")
+            .join(uuid::Uuid::new_v4().simple().to_string())
+    }
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -46,10 +52,7 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 impl ObjectStore for LocalStore {
     async fn put(&self, key: &str, data: Bytes) -> std::io::Result<()> {
         let dest = self.path(key)?;
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(uuid::Uuid::new_v4().simple().to_string());
+        let tmp = self.tmp_path();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let parent = dest.parent().map(Path::to_path_buf).unwrap_or_default();
             std::fs::create_dir_all(&parent)?;
@@ -103,6 +106,52 @@ impl ObjectStore for LocalStore {
 
     async fn exists(&self, key: &str) -> std::io::Result<bool> {
         tokio::fs::try_exists(self.path(key)?).await
+    }
+
+    async fn put_new(&self, key: &str, data: Bytes) -> std::io::Result<bool> {
+        let dest = self.path(key)?;
+        let tmp = self.tmp_path();
+        tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+            let parent = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+            std::fs::create_dir_all(&parent)?;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+            drop(f);
+            // A hard link fails when the name exists, unlike rename: first writer wins.
+            let linked = std::fs::hard_link(&tmp, &dest);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => sync_dir(&parent).map(|_| true),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
+    async fn promote(&self, from: &str, to: &str) -> std::io::Result<bool> {
+        let (src, dest) = (self.path(from)?, self.path(to)?);
+        tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+            let parent = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+            std::fs::create_dir_all(&parent)?;
+            match std::fs::rename(&src, &dest) {
+                Ok(()) => sync_dir(&parent).map(|_| true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> std::io::Result<()> {
+        let dir = self.path(prefix.trim_end_matches('/'))?;
+        match tokio::fs::remove_dir_all(dir).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     async fn ready(&self) -> bool {

@@ -142,6 +142,76 @@ impl ObjectStore for S3Store {
         }
     }
 
+    async fn put_new(&self, key: &str, data: Bytes) -> std::io::Result<bool> {
+        // `If-None-Match: *` makes the PUT conditional on servers that support it (AWS, MinIO,
+        // Garage); the HEAD before it covers servers that ignore the header, except for two
+        // writers racing on the same key.
+        if self.exists(key).await? {
+            return Ok(false);
+        }
+        match self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .if_none_match("*")
+            .body(AwsByteStream::from(data))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(status(&e), Some(412) | Some(409)) => Ok(false),
+            Err(e) => Err(io_err(e)),
+        }
+    }
+
+    async fn promote(&self, from: &str, to: &str) -> std::io::Result<bool> {
+        match self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .copy_source(format!("{}/{from}", self.bucket))
+            .key(to)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if status(&e) == Some(404) => Ok(false),
+            Err(e) => Err(io_err(e)),
+        }
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> std::io::Result<()> {
+        let mut token = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(io_err)?;
+            let keys: Vec<String> = page
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string))
+                .collect();
+            // Plain deletes, a few at a time: every S3-compatible server has DeleteObject.
+            let results: Vec<std::io::Result<()>> = futures::stream::iter(keys)
+                .map(|k| async move { self.delete(&k).await })
+                .buffer_unordered(16)
+                .collect()
+                .await;
+            results.into_iter().collect::<std::io::Result<()>>()?;
+            token = page.next_continuation_token().map(str::to_string);
+            if token.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
     async fn ready(&self) -> bool {
         self.client
             .head_bucket()

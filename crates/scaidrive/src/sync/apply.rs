@@ -252,6 +252,7 @@ async fn abort_session(st: &AppState, c: &Caller, session_id: &str) -> ApiResult
         .execute(&st.db.pool)
         .await?;
     st.hashers.reset(session_id);
+    crate::upload::discard_pending(st, session_id).await;
     Ok(())
 }
 

@@ -14,7 +14,6 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ApiResult};
-use crate::storage::chunk_key;
 use crate::AppState;
 
 /// Bytes of early chunks all sessions together may hold in memory.
@@ -132,16 +131,16 @@ pub async fn advance(
             run.consume(d).await?;
             continue;
         }
-        let hash: Option<String> = sqlx::query_scalar(
-            "SELECT hash FROM upload_parts WHERE tenant_id = ? AND session_id = ? AND idx = ?",
+        let part: Option<(String, i64)> = sqlx::query_as(
+            "SELECT hash, staged FROM upload_parts WHERE tenant_id = ? AND session_id = ? AND idx = ?",
         )
         .bind(tenant_id)
         .bind(session_id)
         .bind(i)
         .fetch_optional(&state.db.pool)
         .await?;
-        let Some(hash) = hash else { break };
-        let data = state.store.read_all(&chunk_key(tenant_id, &hash)).await?;
+        let Some((hash, staged)) = part else { break };
+        let data = super::read_part(state, tenant_id, session_id, i, &hash, staged != 0).await?;
         run.consume(data).await?;
     }
     Ok(run.next)

@@ -1,8 +1,16 @@
-//! Uploads. Every byte enters through [`ingest_chunk`]: hashed, stored at its content address
-//! (fsynced) and deduplicated within the tenant. Resumable sessions record (session, index) →
-//! hash as chunks arrive; completing one only checks those rows and links them into a version
-//! in one transaction, so it costs the same for 1 KB or 10 GB. The simple (multipart) upload
-//! cuts its stream into the same chunks and commits the same way.
+//! Uploads. Every chunk is hashed and deduplicated within the tenant: one the tenant already
+//! has is only referenced. The simple (multipart) upload stores new chunks at their content
+//! address ([`ingest_chunk`]) and commits the version in one transaction. A resumable session
+//! stores new chunks under `uploads/{session_id}/chunks/{index}` (the operator guide's layout,
+//! so a bucket lifecycle rule on `uploads/` can reap abandoned uploads) and records
+//! (session, index) → hash, `staged`. `complete` moves the staged chunks to their content
+//! address (rename / server-side copy, a bounded number at a time), then links the version in
+//! one transaction whose database cost does not grow with the chunk count.
+//!
+//! The bytes under one pending key never change once written (`put_new`, first writer wins):
+//! a later PUT of that index with other bytes goes straight to its content address. So the
+//! row's hash always names the bytes it points to, even with a client racing itself, and a
+//! promoted chunk is never stored under a wrong hash.
 
 pub mod hasher;
 
@@ -16,18 +24,13 @@ use crate::auth::Caller;
 use crate::db::{iso, now, Db};
 use crate::error::{ApiError, ApiResult};
 use crate::fs::{self, Content, Kind, Node, Target};
-use crate::storage::chunk_key;
+use crate::storage::{chunk_key, pending_key, pending_prefix};
 use crate::AppState;
 
 /// Hash `data`, make sure the chunk row exists (touching `last_seen` so GC leaves it alone),
 /// then store the bytes durably unless the tenant already has them. Returns the hex hash.
 pub async fn ingest_chunk(state: &AppState, tenant_id: &str, data: Bytes) -> ApiResult<String> {
-    let (data, hash) = tokio::task::spawn_blocking(move || {
-        let h = hex::encode(Sha256::digest(&data));
-        (data, h)
-    })
-    .await
-    .map_err(ApiError::internal)?;
+    let (data, hash) = hash_chunk(data).await?;
     claim_chunk(state, tenant_id, &hash, data.len() as i64).await?;
     let key = chunk_key(tenant_id, &hash);
     let len = data.len() as u64;
@@ -39,6 +42,119 @@ pub async fn ingest_chunk(state: &AppState, tenant_id: &str, data: Bytes) -> Api
     metrics::counter!("scaidrive_uploads_bytes_total", "tenant_id" => tenant_id.to_string())
         .increment(len);
     Ok(hash)
+}
+
+/// SHA-256 of a chunk (hex), off the async threads.
+async fn hash_chunk(data: Bytes) -> ApiResult<(Bytes, String)> {
+    tokio::task::spawn_blocking(move || {
+        let h = hex::encode(Sha256::digest(&data));
+        (data, h)
+    })
+    .await
+    .map_err(ApiError::internal)
+}
+
+/// Store the bytes of part `index` (hash `hash`, its chunk row already claimed) and say whether
+/// they wait under the pending key (`true`) or are at their content address (`false`): a chunk
+/// the tenant already has is not stored again, and a pending key that already holds bytes
+/// (a retry, or other bytes for the same index) is never overwritten.
+async fn store_part(
+    state: &AppState,
+    tenant_id: &str,
+    session_id: &str,
+    index: i64,
+    hash: &str,
+    data: Bytes,
+) -> ApiResult<bool> {
+    let len = data.len() as u64;
+    let key = chunk_key(tenant_id, hash);
+    let staged = if state.store.exists(&key).await? {
+        metrics::counter!("scaidrive_chunks_deduplicated_total", "tenant_id" => tenant_id.to_string()).increment(1);
+        false
+    } else if state
+        .store
+        .put_new(&pending_key(session_id, index), data.clone())
+        .await?
+    {
+        true
+    } else {
+        state.store.put(&key, data).await?;
+        false
+    };
+    metrics::counter!("scaidrive_uploads_bytes_total", "tenant_id" => tenant_id.to_string())
+        .increment(len);
+    Ok(staged)
+}
+
+/// Move the staged chunks of a session to their content addresses, at most 16 at a time.
+/// Idempotent: a chunk moved by an earlier attempt is found at its address.
+async fn promote_staged(state: &AppState, s: &Session) -> ApiResult<()> {
+    use futures::StreamExt;
+    let staged: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT idx, hash FROM upload_parts WHERE tenant_id = ? AND session_id = ? AND staged = 1",
+    )
+    .bind(&s.tenant_id)
+    .bind(&s.id)
+    .fetch_all(&state.db.pool)
+    .await?;
+    let results: Vec<ApiResult<()>> = futures::stream::iter(staged)
+        .map(|(idx, hash)| async move {
+            let to = chunk_key(&s.tenant_id, &hash);
+            if state.store.exists(&to).await? {
+                return Ok(());
+            }
+            if state.store.promote(&pending_key(&s.id, idx), &to).await? {
+                return Ok(());
+            }
+            // Neither pending nor at its address: the bytes are gone (an operator's lifecycle
+            // rule, say). Forget the part so the client sends it again.
+            sqlx::query(
+                "DELETE FROM upload_parts WHERE tenant_id = ? AND session_id = ? AND idx = ?",
+            )
+            .bind(&s.tenant_id)
+            .bind(&s.id)
+            .bind(idx)
+            .execute(&state.db.pool)
+            .await?;
+            state.hashers.reset(&s.id);
+            Err(ApiError::Conflict {
+                code: "UPLOAD_INCOMPLETE",
+                message: format!("chunk {idx} is no longer stored; upload it again"),
+                details: json!({"missing_chunks": [idx]}),
+            })
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// Drop the pending bytes of a session that completed, was aborted or expired. Best effort:
+/// leftovers are harmless (never referenced) and a bucket lifecycle rule on `uploads/` or the
+/// next cleanup removes them.
+pub async fn discard_pending(state: &AppState, session_id: &str) {
+    if let Err(e) = state.store.delete_prefix(&pending_prefix(session_id)).await {
+        tracing::warn!(event = "upload_pending_cleanup_failed", session_id, error = %e);
+    }
+}
+
+/// Read the bytes of one part, wherever they are (pending, or already promoted).
+pub async fn read_part(
+    state: &AppState,
+    tenant_id: &str,
+    session_id: &str,
+    index: i64,
+    hash: &str,
+    staged: bool,
+) -> ApiResult<Bytes> {
+    if staged {
+        match state.store.read_all(&pending_key(session_id, index)).await {
+            Ok(b) => return Ok(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(state.store.read_all(&chunk_key(tenant_id, hash)).await?)
 }
 
 /// Upsert the chunk row (refreshing `last_seen`), then make sure GC is not deleting it: a
@@ -373,7 +489,8 @@ pub async fn put_chunk(
         });
     }
     let size = data.len() as i64;
-    let hash = ingest_chunk(state, &c.tenant_id, data.clone()).await?;
+    let (data, hash) = hash_chunk(data).await?;
+    // Checked before anything is stored, so a corrupt chunk leaves no trace.
     if let Some(d) = declared_sha {
         if !d.eq_ignore_ascii_case(&hash) {
             return Err(ApiError::ChecksumMismatch {
@@ -391,17 +508,23 @@ pub async fn put_chunk(
     .bind(index)
     .fetch_optional(&state.db.pool)
     .await?;
+    claim_chunk(state, &c.tenant_id, &hash, size).await?;
+    let staged = store_part(state, &c.tenant_id, &s.id, index, &hash, data.clone()).await?;
     // The part row is the commit point of the chunk: its bytes are already durable. One
     // transaction (one fsync) for the part and the session's activity time.
     let mut tx = state.db.pool.begin().await?;
-    sqlx::query(state.db.upsert_part_sql())
-        .bind(&c.tenant_id)
-        .bind(&s.id)
-        .bind(index)
-        .bind(&hash)
-        .bind(size)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(if staged {
+        state.db.upsert_staged_part_sql()
+    } else {
+        state.db.upsert_part_sql()
+    })
+    .bind(&c.tenant_id)
+    .bind(&s.id)
+    .bind(index)
+    .bind(&hash)
+    .bind(size)
+    .execute(&mut *tx)
+    .await?;
     let ts = now();
     sqlx::query("UPDATE upload_sessions SET last_activity_at = ? WHERE tenant_id = ? AND id = ?")
         .bind(ts)
@@ -505,6 +628,8 @@ pub async fn complete(state: &AppState, c: &Caller, s: &Session) -> ApiResult<No
         chunk_size: s.chunk_size,
         sha256: sha,
     };
+    // Bytes at their content address before the version that references them commits.
+    promote_staged(state, s).await?;
     let mut tx = state.db.pool.begin().await?;
     // Claim the session first (a write, so SQLite takes its lock now) — a concurrent complete
     // of the same session sees 0 rows and loses.
@@ -537,6 +662,7 @@ pub async fn complete(state: &AppState, c: &Caller, s: &Session) -> ApiResult<No
     tx.commit().await?;
     state.hashers.reset(&s.id);
     uncache_session(state, &c.tenant_id, &s.id).await;
+    discard_pending(state, &s.id).await;
     tracing::info!(event = "upload_completed", session_id = %s.id, file_id = %file_id, size = s.file_size);
     Ok(fs::get_node(&state.db, c, &file_id, Kind::File, false)
         .await?

@@ -298,11 +298,13 @@ impl Srv {
             }
             n
         }
-        if self.s3.is_some() {
-            walk(&self.dir.path().join("s3root/scaidrive/chunks"))
+        // Chunks at their content address plus pending chunks of open uploads.
+        let root = if self.s3.is_some() {
+            self.dir.path().join("s3root/scaidrive")
         } else {
-            walk(&self.dir.path().join("objects/chunks"))
-        }
+            self.dir.path().join("objects")
+        };
+        walk(&root.join("chunks")) + walk(&root.join("uploads"))
     }
 }
 
