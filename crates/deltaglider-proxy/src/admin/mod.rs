@@ -386,6 +386,12 @@ async fn list_users(
     Json(json!({ "users": users })).into_response()
 }
 
+/// The IAM store could not be written: the change is not applied.
+fn persist_failed(e: crate::error::ProxyError) -> Response {
+    tracing::error!(error = %e, "admin IAM change not persisted");
+    err(StatusCode::INTERNAL_SERVER_ERROR, "persist_failed")
+}
+
 fn declarative_guard(st: &AppState) -> Result<(), Response> {
     if st.cfg.iam_declarative {
         return Err(err(StatusCode::FORBIDDEN, "iam_declarative"));
@@ -416,6 +422,10 @@ async fn create_user(
         if users.contains_key(&u.access_key_id) || users.values().any(|x| x.name == u.name) {
             return err(StatusCode::CONFLICT, "duplicate user name or access key");
         }
+        // Durable first: a user is only usable once it will survive a restart.
+        if let Err(e) = st.iam.persist(None, Some(&u)) {
+            return persist_failed(e);
+        }
         users.insert(u.access_key_id.clone(), u.clone());
     }
     st.audit.record(
@@ -443,12 +453,17 @@ async fn update_user(
         return r;
     }
     let mut users = st.iam.users.write();
-    let Some(old) = users.remove(&id) else {
+    let Some(old) = users.get(&id).cloned() else {
         return err(StatusCode::NOT_FOUND, "no such user");
     };
     if u.secret_access_key.is_empty() {
         u.secret_access_key = old.secret_access_key;
     }
+    let renamed = (u.access_key_id != id).then_some(id.as_str());
+    if let Err(e) = st.iam.persist(renamed, Some(&u)) {
+        return persist_failed(e);
+    }
+    users.remove(&id);
     users.insert(u.access_key_id.clone(), u.clone());
     drop(users);
     st.audit.record(
@@ -472,8 +487,15 @@ async fn delete_user(
     if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
         return r;
     }
-    if st.iam.users.write().remove(&id).is_none() {
-        return err(StatusCode::NOT_FOUND, "no such user");
+    {
+        let mut users = st.iam.users.write();
+        if !users.contains_key(&id) {
+            return err(StatusCode::NOT_FOUND, "no such user");
+        }
+        if let Err(e) = st.iam.persist(Some(&id), None) {
+            return persist_failed(e);
+        }
+        users.remove(&id);
     }
     st.audit.record(
         "user_delete",
