@@ -162,11 +162,18 @@ impl Iam {
     pub fn attach_store(&mut self, store: AdminStore) {
         let overlay = store.overlay();
         overlay.apply(&mut self.users.write());
-        if !overlay.users.is_empty() || !overlay.deleted.is_empty() {
+        overlay.apply_groups(&mut self.groups.write());
+        if !overlay.users.is_empty()
+            || !overlay.deleted.is_empty()
+            || !overlay.groups.is_empty()
+            || !overlay.deleted_groups.is_empty()
+        {
             tracing::info!(
                 path = %store.path().display(),
                 users = overlay.users.len(),
                 deleted = overlay.deleted.len(),
+                groups = overlay.groups.len(),
+                deleted_groups = overlay.deleted_groups.len(),
                 "admin-API IAM changes reloaded"
             );
         }
@@ -181,6 +188,18 @@ impl Iam {
     ) -> Result<(), ProxyError> {
         match &self.admin_store {
             Some(s) => s.record(old_key, user),
+            None => Ok(()),
+        }
+    }
+
+    /// Group counterpart of [`Iam::persist`].
+    pub fn persist_group(
+        &self,
+        old_name: Option<&str>,
+        group: Option<&GroupSpec>,
+    ) -> Result<(), ProxyError> {
+        match &self.admin_store {
+            Some(s) => s.record_group(old_name, group),
             None => Ok(()),
         }
     }
@@ -250,15 +269,17 @@ impl Iam {
 }
 
 /// What the admin API changed, as persisted in `$DGP_DATA_DIR/iam.json`: users created or
-/// updated through `/_/api/admin/users` (by access key) and access keys it deleted. Applied
-/// over the YAML/bootstrap users at start, so YAML edits to users the API never touched
-/// still take effect.
+/// updated through `/_/api/admin/users` (by access key) and access keys it deleted, and the
+/// same for groups (by name). Applied over the YAML/bootstrap users and YAML groups at start,
+/// so YAML edits to entities the API never touched still take effect.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AdminOverlay {
     pub version: u32,
     pub users: BTreeMap<String, UserSpec>,
     pub deleted: Vec<String>,
+    pub groups: BTreeMap<String, GroupSpec>,
+    pub deleted_groups: Vec<String>,
 }
 
 impl AdminOverlay {
@@ -280,6 +301,16 @@ impl AdminOverlay {
                 continue;
             }
             users.insert(k.clone(), u.clone());
+        }
+    }
+
+    /// Applies the group part of the overlay (deletions first, then upserts).
+    pub fn apply_groups(&self, groups: &mut BTreeMap<String, GroupSpec>) {
+        for g in &self.deleted_groups {
+            groups.remove(g);
+        }
+        for (name, g) in &self.groups {
+            groups.insert(name.clone(), g.clone());
         }
     }
 }
@@ -318,19 +349,46 @@ impl AdminStore {
     /// Records `old_key` (if the key changed or the user was deleted) as deleted and `user`
     /// as upserted, durably. Nothing changes in memory when the write fails.
     pub fn record(&self, old_key: Option<&str>, user: Option<&UserSpec>) -> Result<(), ProxyError> {
+        self.change(|next| {
+            if let Some(k) = old_key {
+                next.users.remove(k);
+                if !next.deleted.iter().any(|d| d == k) {
+                    next.deleted.push(k.to_string());
+                }
+            }
+            if let Some(u) = user {
+                next.deleted.retain(|d| d != &u.access_key_id);
+                next.users.insert(u.access_key_id.clone(), u.clone());
+            }
+        })
+    }
+
+    /// Group counterpart of [`AdminStore::record`] (`old_name`: renamed or deleted group).
+    pub fn record_group(
+        &self,
+        old_name: Option<&str>,
+        group: Option<&GroupSpec>,
+    ) -> Result<(), ProxyError> {
+        self.change(|next| {
+            if let Some(n) = old_name {
+                next.groups.remove(n);
+                if !next.deleted_groups.iter().any(|d| d == n) {
+                    next.deleted_groups.push(n.to_string());
+                }
+            }
+            if let Some(g) = group {
+                next.deleted_groups.retain(|d| d != &g.name);
+                next.groups.insert(g.name.clone(), g.clone());
+            }
+        })
+    }
+
+    /// Applies `f` to a copy of the overlay, writes it durably, then makes it current.
+    fn change(&self, f: impl FnOnce(&mut AdminOverlay)) -> Result<(), ProxyError> {
         let mut cur = self.overlay.lock();
         let mut next = cur.clone();
         next.version = 1;
-        if let Some(k) = old_key {
-            next.users.remove(k);
-            if !next.deleted.iter().any(|d| d == k) {
-                next.deleted.push(k.to_string());
-            }
-        }
-        if let Some(u) = user {
-            next.deleted.retain(|d| d != &u.access_key_id);
-            next.users.insert(u.access_key_id.clone(), u.clone());
-        }
+        f(&mut next);
         write_private_atomic(&self.path, &next)?;
         *cur = next;
         Ok(())

@@ -549,6 +549,44 @@ async fn admin_created_users_survive_restart() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // Groups: "readers" grants read/list and has a member with no rules of its own; "temp"
+    // is created and deleted again.
+    for g in ["readers", "temp"] {
+        let r = http
+            .post(format!("{base}/_/api/admin/groups"))
+            .header("cookie", &cookie)
+            .json(&serde_json::json!({
+                "name": g,
+                "permissions": [{"effect": "Allow", "actions": ["read", "list"], "resources": [format!("{B}/*")]}],
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    assert_eq!(
+        http.delete(format!("{base}/_/api/admin/groups/temp"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let r = http
+        .post(format!("{base}/_/api/admin/users"))
+        .header("cookie", &cookie)
+        .json(
+            &serde_json::json!({"name": "hank", "access_key_id": "HANKAK", "groups": ["readers"]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let hank_secret = r.json::<serde_json::Value>().await.unwrap()["secret_access_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let store = std::fs::metadata(p.data.join("iam.json")).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
@@ -586,6 +624,9 @@ async fn admin_created_users_survive_restart() {
         .send()
         .await
         .is_err());
+    // hank reads through the reloaded group; the deleted group stays deleted.
+    let hank = p.client_as("HANKAK", &hank_secret);
+    assert_eq!(get_bytes(&hank, B, "erin/a.txt").await, b"hello");
     // The admin API lists the reloaded users (secrets redacted).
     let cookie = admin_cookie(&http, &base).await;
     let users: serde_json::Value = http
@@ -604,6 +645,22 @@ async fn admin_created_users_survive_restart() {
         .map(|u| u["name"].as_str().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, vec!["erin", "gina"], "{users}");
+    assert_eq!(names, vec!["erin", "gina", "hank"], "{users}");
+    let groups: serde_json::Value = http
+        .get(format!("{base}/_/api/admin/groups"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let gnames: Vec<&str> = groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(gnames, vec!["readers"], "{groups}");
     assert!(!users.to_string().contains(&secrets[0]));
 }

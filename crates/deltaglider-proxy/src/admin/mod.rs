@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::iam::UserSpec;
+use crate::iam::{GroupSpec, UserSpec};
 use crate::state::AppState;
 
 const COOKIE: &str = "dgp_session";
@@ -151,7 +151,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/_/api/admin/users/{id}",
             put(update_user).delete(delete_user),
         )
-        .route("/_/api/admin/groups", get(list_groups))
+        .route("/_/api/admin/groups", get(list_groups).post(create_group))
+        .route(
+            "/_/api/admin/groups/{name}",
+            put(update_group).delete(delete_group),
+        )
         .route("/_/api/admin/policies", get(policies))
         .route("/_/api/admin/config/section/{name}", get(config_section))
         .with_state(state)
@@ -519,6 +523,119 @@ async fn list_groups(
     }
     let groups: Vec<_> = st.iam.groups.read().values().cloned().collect();
     Json(json!({ "groups": groups })).into_response()
+}
+
+async fn create_group(
+    State(st): St,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(g): Json<GroupSpec>,
+) -> Response {
+    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+        return r;
+    }
+    if g.name.starts_with('$') || g.name.is_empty() {
+        return err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "names starting with $ are reserved",
+        );
+    }
+    {
+        let mut groups = st.iam.groups.write();
+        if groups.contains_key(&g.name) {
+            return err(StatusCode::CONFLICT, "duplicate group name");
+        }
+        if let Err(e) = st.iam.persist_group(None, Some(&g)) {
+            return persist_failed(e);
+        }
+        groups.insert(g.name.clone(), g.clone());
+    }
+    st.audit.record(
+        "group_create",
+        "admin",
+        &g.name,
+        &client_ip(&st, &headers, &addr),
+        "",
+        "",
+        "",
+    );
+    (StatusCode::CREATED, Json(g)).into_response()
+}
+
+/// Replaces a group (a changed `name` renames it; members keep the old name and so lose
+/// its rules until they are updated).
+async fn update_group(
+    State(st): St,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(g): Json<GroupSpec>,
+) -> Response {
+    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+        return r;
+    }
+    if g.name.starts_with('$') || g.name.is_empty() {
+        return err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "names starting with $ are reserved",
+        );
+    }
+    {
+        let mut groups = st.iam.groups.write();
+        if !groups.contains_key(&name) {
+            return err(StatusCode::NOT_FOUND, "no such group");
+        }
+        if g.name != name && groups.contains_key(&g.name) {
+            return err(StatusCode::CONFLICT, "duplicate group name");
+        }
+        let renamed = (g.name != name).then_some(name.as_str());
+        if let Err(e) = st.iam.persist_group(renamed, Some(&g)) {
+            return persist_failed(e);
+        }
+        groups.remove(&name);
+        groups.insert(g.name.clone(), g.clone());
+    }
+    st.audit.record(
+        "group_update",
+        "admin",
+        &g.name,
+        &client_ip(&st, &headers, &addr),
+        "",
+        "",
+        "",
+    );
+    Json(g).into_response()
+}
+
+async fn delete_group(
+    State(st): St,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+        return r;
+    }
+    {
+        let mut groups = st.iam.groups.write();
+        if !groups.contains_key(&name) {
+            return err(StatusCode::NOT_FOUND, "no such group");
+        }
+        if let Err(e) = st.iam.persist_group(Some(&name), None) {
+            return persist_failed(e);
+        }
+        groups.remove(&name);
+    }
+    st.audit.record(
+        "group_delete",
+        "admin",
+        &name,
+        &client_ip(&st, &headers, &addr),
+        "",
+        "",
+        "",
+    );
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn policies() -> Json<serde_json::Value> {
