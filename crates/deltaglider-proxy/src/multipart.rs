@@ -384,7 +384,15 @@ impl Multipart {
             .saturating_sub(self.staged_bytes(Some((id, n))));
         let file = format!("part-{n}-{}", uuid::Uuid::new_v4().simple());
         let path = up.dir.join(&file);
-        let mut f = tokio::io::BufWriter::new(tokio::fs::File::create(&path).await?);
+        let f = match tokio::fs::File::create(&path).await {
+            Ok(f) => f,
+            // Aborted, completed or swept while this request was on its way.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ProxyError::NoSuchUpload)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut f = tokio::io::BufWriter::new(f);
         let mut md5 = md5::Md5::new();
         let mut size = 0u64;
         let res: Result<(), ProxyError> = async {

@@ -360,8 +360,24 @@ async fn idle_multipart_uploads_are_swept() {
 }
 
 #[tokio::test]
-async fn upload_part_copy_reads_through_the_delta_engine() {
-    let p = start_proxy(None, &[]).await;
+async fn upload_part_copy_reads_through_the_delta_engine_fs() {
+    upload_part_copy(Kind::Fs).await;
+}
+
+#[tokio::test]
+async fn upload_part_copy_reads_through_the_delta_engine_s3() {
+    upload_part_copy(Kind::S3).await;
+}
+
+async fn upload_part_copy(kind: Kind) {
+    let up = match kind {
+        Kind::Fs => None,
+        Kind::S3 => match S3sFs::start("upload_part_copy_s3").await {
+            Some(u) => Some(u),
+            None => return,
+        },
+    };
+    let p = start_proxy(up.as_ref(), &[]).await;
     let c = p.client();
     c.create_bucket().bucket(B).send().await.unwrap();
     let base = bytes(51, 400_000);
@@ -369,10 +385,23 @@ async fn upload_part_copy_reads_through_the_delta_engine() {
     put_bytes(&c, B, "art/v1.zip", &base).await;
     put_bytes(&c, B, "art/v2.zip", &v2).await;
     // v2 is stored as a delta: the copy must reconstruct it, not copy the stored bytes.
+    let stored: Vec<String> = match &up {
+        None => files_under(&p.bucket_dir(B)),
+        Some(u) => u
+            .client()
+            .list_objects_v2()
+            .bucket(B)
+            .send()
+            .await
+            .unwrap()
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect(),
+    };
     assert!(
-        p.bucket_dir(B).join("art/v2.zip.delta").exists(),
-        "{:?}",
-        files_under(&p.bucket_dir(B))
+        stored.contains(&"art/v2.zip.delta".to_string()),
+        "{stored:?}"
     );
 
     let key = "out/joined.bin";
@@ -549,6 +578,15 @@ async fn admin_created_users_survive_restart() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // A key or name already taken by another user is refused (nothing persisted).
+    let r = http
+        .put(format!("{base}/_/api/admin/users/ERINAK"))
+        .header("cookie", &cookie)
+        .json(&serde_json::json!({"name": "erin", "access_key_id": "GINA2AK"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
     // Groups: "readers" grants read/list and has a member with no rules of its own; "temp"
     // is created and deleted again.
     for g in ["readers", "temp"] {

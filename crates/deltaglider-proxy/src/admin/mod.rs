@@ -463,6 +463,19 @@ async fn update_user(
     if u.secret_access_key.is_empty() {
         u.secret_access_key = old.secret_access_key;
     }
+    if u.name.starts_with('$') || u.name.is_empty() {
+        return err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "names starting with $ are reserved",
+        );
+    }
+    // A new key or name must not take over another user.
+    if users
+        .iter()
+        .any(|(k, x)| k != &id && (k == &u.access_key_id || x.name == u.name))
+    {
+        return err(StatusCode::CONFLICT, "duplicate user name or access key");
+    }
     let renamed = (u.access_key_id != id).then_some(id.as_str());
     if let Err(e) = st.iam.persist(renamed, Some(&u)) {
         return persist_failed(e);
