@@ -161,7 +161,8 @@ fn load_upload(dir: &Path) -> Option<Upload> {
     for (n, p) in m.parts {
         // A committed part always has its fsynced file; guard anyway against a hand-edited
         // or damaged staging dir so Complete never concatenates a short file.
-        let ok = !p.file.contains('/')
+        let ok = p.file.starts_with("part-")
+            && !p.file.contains('/')
             && std::fs::metadata(dir.join(&p.file)).is_ok_and(|md| md.len() == p.size);
         if ok {
             parts.insert(n, p);
