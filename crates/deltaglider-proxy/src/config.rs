@@ -125,6 +125,10 @@ pub struct Config {
     /// `DGP_MAX_TOTAL_MULTIPART_BYTES`: bytes staged by all in-flight multipart uploads
     /// together (default max_object_size × max_uploads / 4).
     pub max_total_multipart_bytes: u64,
+    /// `DGP_MULTIPART_IDLE_TTL_HOURS` (fractional hours accepted) or, winning over it,
+    /// `DGP_MULTIPART_IDLE_TTL_SECS`: incomplete uploads idle longer are swept. `None` (a
+    /// value of 0) turns the sweeper off.
+    pub multipart_idle_ttl: Option<std::time::Duration>,
     pub audit_ring_size: usize,
     pub debug_headers: bool,
     pub max_delta_ratio: f64,
@@ -211,6 +215,31 @@ pub fn validate_file(fc: &FileConfig) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// The multipart idle TTL: `DGP_MULTIPART_IDLE_TTL_SECS` (whole seconds, meant for tests and
+/// tight deployments) wins over `DGP_MULTIPART_IDLE_TTL_HOURS` (default 24, fractions allowed).
+fn multipart_idle_ttl() -> Result<Option<std::time::Duration>, ProxyError> {
+    let secs: Option<u64> = match env::opt_string("DGP_MULTIPART_IDLE_TTL_SECS") {
+        Some(_) => Some(env::parse_or("DGP_MULTIPART_IDLE_TTL_SECS", 0u64).map_err(cfg_err)?),
+        None => None,
+    };
+    let ttl = match secs {
+        Some(s) => std::time::Duration::from_secs(s),
+        None => {
+            let hours: f64 =
+                env::parse_or("DGP_MULTIPART_IDLE_TTL_HOURS", 24.0f64).map_err(cfg_err)?;
+            if !hours.is_finite() || hours < 0.0 {
+                return Err(ProxyError::Config(
+                    "DGP_MULTIPART_IDLE_TTL_HOURS must be a non-negative number".into(),
+                ));
+            }
+            std::time::Duration::try_from_secs_f64(hours * 3600.0).map_err(|_| {
+                ProxyError::Config("DGP_MULTIPART_IDLE_TTL_HOURS is out of range".into())
+            })?
+        }
+    };
+    Ok((!ttl.is_zero()).then_some(ttl))
+}
+
 impl Config {
     pub fn from_env() -> Result<Config, ProxyError> {
         let config_path = find_config_file();
@@ -289,6 +318,7 @@ impl Config {
             max_object_size.saturating_mul(max_multipart_uploads as u64) / 4,
         )
         .map_err(cfg_err)?;
+        let multipart_idle_ttl = multipart_idle_ttl()?;
         Ok(Config {
             listen_addr: env::string_or(
                 "DGP_LISTEN_ADDR",
@@ -297,6 +327,7 @@ impl Config {
             data_dir,
             max_multipart_uploads,
             max_total_multipart_bytes,
+            multipart_idle_ttl,
             audit_ring_size: env::parse_or("DGP_AUDIT_RING_SIZE", 500usize).map_err(cfg_err)?,
             debug_headers: env::bool_or("DGP_DEBUG_HEADERS", false).map_err(cfg_err)?,
             max_delta_ratio,
@@ -338,6 +369,7 @@ impl Config {
             data_dir,
             max_multipart_uploads: 1000,
             max_total_multipart_bytes: 104_857_600 * 1000 / 4,
+            multipart_idle_ttl: Some(std::time::Duration::from_secs(24 * 3600)),
             audit_ring_size: 500,
             debug_headers: false,
             max_delta_ratio: 0.75,

@@ -1,10 +1,14 @@
 //! IAM: users (access key pairs), groups, Allow/Deny permission rules on `bucket/key-glob`
 //! resources, and their evaluation (Deny wins; group rules merge with the user's own).
+//! Also the durable store of admin-API user changes ([`AdminStore`], `iam.json`).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
+
+use crate::error::ProxyError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Permission {
@@ -126,6 +130,9 @@ fn rule_matches(p: &Permission, action: Action, resource: &str) -> bool {
 pub struct Iam {
     pub users: RwLock<BTreeMap<String, UserSpec>>,
     pub groups: RwLock<BTreeMap<String, GroupSpec>>,
+    /// Where admin-API user changes are persisted (absent in declarative mode, where the
+    /// YAML is the only source of truth and the API refuses mutations).
+    pub admin_store: Option<AdminStore>,
 }
 
 /// Outcome of an evaluation.
@@ -149,6 +156,52 @@ impl Iam {
             }
         }
         iam
+    }
+
+    /// Attaches the admin-API store and applies what it holds over the configured users.
+    pub fn attach_store(&mut self, store: AdminStore) {
+        let overlay = store.overlay();
+        overlay.apply(&mut self.users.write());
+        overlay.apply_groups(&mut self.groups.write());
+        if !overlay.users.is_empty()
+            || !overlay.deleted.is_empty()
+            || !overlay.groups.is_empty()
+            || !overlay.deleted_groups.is_empty()
+        {
+            tracing::info!(
+                path = %store.path().display(),
+                users = overlay.users.len(),
+                deleted = overlay.deleted.len(),
+                groups = overlay.groups.len(),
+                deleted_groups = overlay.deleted_groups.len(),
+                "admin-API IAM changes reloaded"
+            );
+        }
+        self.admin_store = Some(store);
+    }
+
+    /// Persists an admin-API change (see [`AdminStore::record`]); a no-op without a store.
+    pub fn persist(
+        &self,
+        old_key: Option<&str>,
+        user: Option<&UserSpec>,
+    ) -> Result<(), ProxyError> {
+        match &self.admin_store {
+            Some(s) => s.record(old_key, user),
+            None => Ok(()),
+        }
+    }
+
+    /// Group counterpart of [`Iam::persist`].
+    pub fn persist_group(
+        &self,
+        old_name: Option<&str>,
+        group: Option<&GroupSpec>,
+    ) -> Result<(), ProxyError> {
+        match &self.admin_store {
+            Some(s) => s.record_group(old_name, group),
+            None => Ok(()),
+        }
     }
 
     pub fn user_by_key(&self, access_key: &str) -> Option<UserSpec> {
@@ -213,6 +266,161 @@ impl Iam {
                     && r.resources.iter().any(|x| x == "*")
             })
     }
+}
+
+/// What the admin API changed, as persisted in `$DGP_DATA_DIR/iam.json`: users created or
+/// updated through `/_/api/admin/users` (by access key) and access keys it deleted, and the
+/// same for groups (by name). Applied over the YAML/bootstrap users and YAML groups at start,
+/// so YAML edits to entities the API never touched still take effect.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdminOverlay {
+    pub version: u32,
+    pub users: BTreeMap<String, UserSpec>,
+    pub deleted: Vec<String>,
+    pub groups: BTreeMap<String, GroupSpec>,
+    pub deleted_groups: Vec<String>,
+}
+
+impl AdminOverlay {
+    /// Applies the overlay to the configured users (deletions first, then upserts). A
+    /// persisted user whose name is taken by a different configured key is skipped.
+    pub fn apply(&self, users: &mut BTreeMap<String, UserSpec>) {
+        for k in &self.deleted {
+            if users.get(k).is_some_and(|u| !u.name.starts_with('$')) {
+                users.remove(k);
+            }
+        }
+        for (k, u) in &self.users {
+            if users.get(k).is_some_and(|x| x.name.starts_with('$')) {
+                tracing::warn!(access_key_id = %k, "iam.json user collides with the bootstrap key: skipped");
+                continue;
+            }
+            if users.iter().any(|(ok, x)| ok != k && x.name == u.name) {
+                tracing::warn!(user = %u.name, "iam.json user name is taken by another configured user: skipped");
+                continue;
+            }
+            users.insert(k.clone(), u.clone());
+        }
+    }
+
+    /// Applies the group part of the overlay (deletions first, then upserts).
+    pub fn apply_groups(&self, groups: &mut BTreeMap<String, GroupSpec>) {
+        for g in &self.deleted_groups {
+            groups.remove(g);
+        }
+        for (name, g) in &self.groups {
+            groups.insert(name.clone(), g.clone());
+        }
+    }
+}
+
+/// Durable store for [`AdminOverlay`]: the whole file is rewritten atomically on every change
+/// (temp file with mode 0600, fsync, rename, directory fsync) before the change is applied.
+pub struct AdminStore {
+    path: PathBuf,
+    overlay: Mutex<AdminOverlay>,
+}
+
+impl AdminStore {
+    /// Loads `path` (missing = empty). An unreadable file stops start-up rather than silently
+    /// dropping users.
+    pub fn open(path: PathBuf) -> Result<Self, ProxyError> {
+        let overlay = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| ProxyError::Startup(format!("{}: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => AdminOverlay::default(),
+            Err(e) => return Err(ProxyError::Startup(format!("{}: {e}", path.display()))),
+        };
+        Ok(AdminStore {
+            path,
+            overlay: Mutex::new(overlay),
+        })
+    }
+
+    pub fn overlay(&self) -> AdminOverlay {
+        self.overlay.lock().clone()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records `old_key` (if the key changed or the user was deleted) as deleted and `user`
+    /// as upserted, durably. Nothing changes in memory when the write fails.
+    pub fn record(&self, old_key: Option<&str>, user: Option<&UserSpec>) -> Result<(), ProxyError> {
+        self.change(|next| {
+            if let Some(k) = old_key {
+                next.users.remove(k);
+                if !next.deleted.iter().any(|d| d == k) {
+                    next.deleted.push(k.to_string());
+                }
+            }
+            if let Some(u) = user {
+                next.deleted.retain(|d| d != &u.access_key_id);
+                next.users.insert(u.access_key_id.clone(), u.clone());
+            }
+        })
+    }
+
+    /// Group counterpart of [`AdminStore::record`] (`old_name`: renamed or deleted group).
+    pub fn record_group(
+        &self,
+        old_name: Option<&str>,
+        group: Option<&GroupSpec>,
+    ) -> Result<(), ProxyError> {
+        self.change(|next| {
+            if let Some(n) = old_name {
+                next.groups.remove(n);
+                if !next.deleted_groups.iter().any(|d| d == n) {
+                    next.deleted_groups.push(n.to_string());
+                }
+            }
+            if let Some(g) = group {
+                next.deleted_groups.retain(|d| d != &g.name);
+                next.groups.insert(g.name.clone(), g.clone());
+            }
+        })
+    }
+
+    /// Applies `f` to a copy of the overlay, writes it durably, then makes it current.
+    fn change(&self, f: impl FnOnce(&mut AdminOverlay)) -> Result<(), ProxyError> {
+        let mut cur = self.overlay.lock();
+        let mut next = cur.clone();
+        next.version = 1;
+        f(&mut next);
+        write_private_atomic(&self.path, &next)?;
+        *cur = next;
+        Ok(())
+    }
+}
+
+fn write_private_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), ProxyError> {
+    use std::io::Write;
+    let body = serde_json::to_vec_pretty(value)
+        .map_err(|e| ProxyError::Internal(format!("iam store: {e}")))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("iam.json")
+    ));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp)?;
+    f.write_all(&body)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 /// The synthesized admin for the bootstrap credential pair.

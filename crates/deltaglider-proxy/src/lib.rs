@@ -234,12 +234,22 @@ pub async fn build_state(cfg: Config) -> Result<Arc<AppState>, ProxyError> {
     if let (Some(k), Some(s)) = (&cfg.access_key_id, &cfg.secret_access_key) {
         users.push(iam::bootstrap_user(k, s));
     }
-    let iam = iam::Iam::new(users, cfg.file.access.iam_groups.clone());
-    let multipart = multipart::Multipart::new(
+    let mut iam = iam::Iam::new(users, cfg.file.access.iam_groups.clone());
+    let iam_path = cfg.data_dir.join("iam.json");
+    if cfg.iam_declarative {
+        if iam_path.exists() {
+            tracing::warn!(path = %iam_path.display(), "iam_mode: declarative: admin-API IAM changes in this file are ignored");
+        }
+    } else {
+        iam.attach_store(iam::AdminStore::open(iam_path)?);
+    }
+    // Staging stays on local disk for every backend kind (see multipart.rs): parts must be
+    // fsynced before they are acknowledged, and uploads in flight survive a restart.
+    let multipart = Arc::new(multipart::Multipart::open(
         cfg.data_dir.join("multipart"),
         cfg.max_multipart_uploads,
         cfg.max_total_multipart_bytes,
-    );
+    )?);
     metrics::gauge!("deltaglider_build_info", "version" => env!("CARGO_PKG_VERSION"), "backend_type" => engine.backend_kind()).set(1.0);
     metrics::gauge!("process_start_time_seconds").set(chrono::Utc::now().timestamp() as f64);
     Ok(Arc::new(AppState {
@@ -411,6 +421,9 @@ pub async fn serve(cfg: Config) -> Result<(), ProxyError> {
     scai_core::metrics::install();
     let addr = cfg.listen_addr.clone();
     let state = build_state(cfg).await?;
+    if let Some(ttl) = state.cfg.multipart_idle_ttl {
+        tokio::spawn(state.multipart.clone().run_sweeper(ttl));
+    }
     let app = router(state);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await

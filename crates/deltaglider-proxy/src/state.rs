@@ -12,7 +12,7 @@ use crate::s3::auth::Principal;
 pub struct AppState {
     pub cfg: Config,
     pub engine: Arc<Engine>,
-    pub multipart: Multipart,
+    pub multipart: Arc<Multipart>,
     pub iam: Iam,
     pub audit: AuditRing,
     pub sessions: crate::admin::Sessions,

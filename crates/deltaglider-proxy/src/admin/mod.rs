@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::iam::UserSpec;
+use crate::iam::{GroupSpec, UserSpec};
 use crate::state::AppState;
 
 const COOKIE: &str = "dgp_session";
@@ -151,7 +151,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/_/api/admin/users/{id}",
             put(update_user).delete(delete_user),
         )
-        .route("/_/api/admin/groups", get(list_groups))
+        .route("/_/api/admin/groups", get(list_groups).post(create_group))
+        .route(
+            "/_/api/admin/groups/{name}",
+            put(update_group).delete(delete_group),
+        )
         .route("/_/api/admin/policies", get(policies))
         .route("/_/api/admin/config/section/{name}", get(config_section))
         .with_state(state)
@@ -386,6 +390,12 @@ async fn list_users(
     Json(json!({ "users": users })).into_response()
 }
 
+/// The IAM store could not be written: the change is not applied.
+fn persist_failed(e: crate::error::ProxyError) -> Response {
+    tracing::error!(error = %e, "admin IAM change not persisted");
+    err(StatusCode::INTERNAL_SERVER_ERROR, "persist_failed")
+}
+
 fn declarative_guard(st: &AppState) -> Result<(), Response> {
     if st.cfg.iam_declarative {
         return Err(err(StatusCode::FORBIDDEN, "iam_declarative"));
@@ -416,6 +426,10 @@ async fn create_user(
         if users.contains_key(&u.access_key_id) || users.values().any(|x| x.name == u.name) {
             return err(StatusCode::CONFLICT, "duplicate user name or access key");
         }
+        // Durable first: a user is only usable once it will survive a restart.
+        if let Err(e) = st.iam.persist(None, Some(&u)) {
+            return persist_failed(e);
+        }
         users.insert(u.access_key_id.clone(), u.clone());
     }
     st.audit.record(
@@ -443,12 +457,30 @@ async fn update_user(
         return r;
     }
     let mut users = st.iam.users.write();
-    let Some(old) = users.remove(&id) else {
+    let Some(old) = users.get(&id).cloned() else {
         return err(StatusCode::NOT_FOUND, "no such user");
     };
     if u.secret_access_key.is_empty() {
         u.secret_access_key = old.secret_access_key;
     }
+    if u.name.starts_with('$') || u.name.is_empty() {
+        return err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "names starting with $ are reserved",
+        );
+    }
+    // A new key or name must not take over another user.
+    if users
+        .iter()
+        .any(|(k, x)| k != &id && (k == &u.access_key_id || x.name == u.name))
+    {
+        return err(StatusCode::CONFLICT, "duplicate user name or access key");
+    }
+    let renamed = (u.access_key_id != id).then_some(id.as_str());
+    if let Err(e) = st.iam.persist(renamed, Some(&u)) {
+        return persist_failed(e);
+    }
+    users.remove(&id);
     users.insert(u.access_key_id.clone(), u.clone());
     drop(users);
     st.audit.record(
@@ -472,8 +504,15 @@ async fn delete_user(
     if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
         return r;
     }
-    if st.iam.users.write().remove(&id).is_none() {
-        return err(StatusCode::NOT_FOUND, "no such user");
+    {
+        let mut users = st.iam.users.write();
+        if !users.contains_key(&id) {
+            return err(StatusCode::NOT_FOUND, "no such user");
+        }
+        if let Err(e) = st.iam.persist(Some(&id), None) {
+            return persist_failed(e);
+        }
+        users.remove(&id);
     }
     st.audit.record(
         "user_delete",
@@ -497,6 +536,119 @@ async fn list_groups(
     }
     let groups: Vec<_> = st.iam.groups.read().values().cloned().collect();
     Json(json!({ "groups": groups })).into_response()
+}
+
+async fn create_group(
+    State(st): St,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(g): Json<GroupSpec>,
+) -> Response {
+    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+        return r;
+    }
+    if g.name.starts_with('$') || g.name.is_empty() {
+        return err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "names starting with $ are reserved",
+        );
+    }
+    {
+        let mut groups = st.iam.groups.write();
+        if groups.contains_key(&g.name) {
+            return err(StatusCode::CONFLICT, "duplicate group name");
+        }
+        if let Err(e) = st.iam.persist_group(None, Some(&g)) {
+            return persist_failed(e);
+        }
+        groups.insert(g.name.clone(), g.clone());
+    }
+    st.audit.record(
+        "group_create",
+        "admin",
+        &g.name,
+        &client_ip(&st, &headers, &addr),
+        "",
+        "",
+        "",
+    );
+    (StatusCode::CREATED, Json(g)).into_response()
+}
+
+/// Replaces a group (a changed `name` renames it; members keep the old name and so lose
+/// its rules until they are updated).
+async fn update_group(
+    State(st): St,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(g): Json<GroupSpec>,
+) -> Response {
+    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+        return r;
+    }
+    if g.name.starts_with('$') || g.name.is_empty() {
+        return err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "names starting with $ are reserved",
+        );
+    }
+    {
+        let mut groups = st.iam.groups.write();
+        if !groups.contains_key(&name) {
+            return err(StatusCode::NOT_FOUND, "no such group");
+        }
+        if g.name != name && groups.contains_key(&g.name) {
+            return err(StatusCode::CONFLICT, "duplicate group name");
+        }
+        let renamed = (g.name != name).then_some(name.as_str());
+        if let Err(e) = st.iam.persist_group(renamed, Some(&g)) {
+            return persist_failed(e);
+        }
+        groups.remove(&name);
+        groups.insert(g.name.clone(), g.clone());
+    }
+    st.audit.record(
+        "group_update",
+        "admin",
+        &g.name,
+        &client_ip(&st, &headers, &addr),
+        "",
+        "",
+        "",
+    );
+    Json(g).into_response()
+}
+
+async fn delete_group(
+    State(st): St,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+        return r;
+    }
+    {
+        let mut groups = st.iam.groups.write();
+        if !groups.contains_key(&name) {
+            return err(StatusCode::NOT_FOUND, "no such group");
+        }
+        if let Err(e) = st.iam.persist_group(Some(&name), None) {
+            return persist_failed(e);
+        }
+        groups.remove(&name);
+    }
+    st.audit.record(
+        "group_delete",
+        "admin",
+        &name,
+        &client_ip(&st, &headers, &addr),
+        "",
+        "",
+        "",
+    );
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn policies() -> Json<serde_json::Value> {

@@ -81,8 +81,12 @@ impl Proxy {
     }
 }
 
+/// The proxy binary: `DGP_TEST_BIN` if set (a private copy, since worktrees sharing one
+/// target dir overwrite each other's `target/debug/deltaglider-proxy`), else Cargo's.
 pub fn proxy_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_deltaglider-proxy"))
+    std::env::var_os("DGP_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_deltaglider-proxy")))
 }
 
 /// Starts the proxy with a fresh data dir; `upstream` selects the S3 backend.
