@@ -44,6 +44,17 @@ impl LocalStore {
     }
 }
 
+/// Write `data` to the temp file `tmp`, fsynced, and make sure `dest`'s directory exists
+/// (returned, for the directory fsync after the rename or link).
+fn write_tmp(tmp: &Path, dest: &Path, data: &[u8]) -> std::io::Result<PathBuf> {
+    let parent = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+    std::fs::create_dir_all(&parent)?;
+    let mut f = std::fs::File::create(tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    Ok(parent)
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
@@ -54,12 +65,7 @@ impl ObjectStore for LocalStore {
         let dest = self.path(key)?;
         let tmp = self.tmp_path();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let parent = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-            std::fs::create_dir_all(&parent)?;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-            drop(f);
+            let parent = write_tmp(&tmp, &dest, &data)?;
             if let Err(e) = std::fs::rename(&tmp, &dest) {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);
@@ -112,12 +118,7 @@ impl ObjectStore for LocalStore {
         let dest = self.path(key)?;
         let tmp = self.tmp_path();
         tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
-            let parent = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-            std::fs::create_dir_all(&parent)?;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-            drop(f);
+            let parent = write_tmp(&tmp, &dest, &data)?;
             // A hard link fails when the name exists, unlike rename: first writer wins.
             let linked = std::fs::hard_link(&tmp, &dest);
             let _ = std::fs::remove_file(&tmp);
