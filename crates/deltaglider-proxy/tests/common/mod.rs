@@ -81,8 +81,13 @@ impl Proxy {
     }
 }
 
+/// The binary under test: `DGP_TEST_BIN` if set (a copy of this worktree's build: several
+/// worktrees share one target dir, and another build may overwrite its binary meanwhile),
+/// else cargo's.
 pub fn proxy_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_deltaglider-proxy"))
+    std::env::var_os("DGP_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_deltaglider-proxy")))
 }
 
 /// Starts the proxy with a fresh data dir; `upstream` selects the S3 backend.
