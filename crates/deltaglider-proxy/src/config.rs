@@ -102,6 +102,7 @@ pub struct AccessSection {
 pub struct AdvancedSection {
     pub listen_addr: Option<String>,
     pub cache_size_mb: Option<u64>,
+    pub metadata_cache_mb: Option<u64>,
     pub codec_concurrency: Option<usize>,
     pub max_delta_ratio: Option<f64>,
     pub max_object_size: Option<u64>,
@@ -134,6 +135,8 @@ pub struct Config {
     pub max_delta_ratio: f64,
     pub max_object_size: u64,
     pub cache_mb: u64,
+    /// `DGP_METADATA_CACHE_MB`: upstream-S3 metadata cache per S3 backend (0 = off).
+    pub metadata_cache_mb: u64,
     pub codec_concurrency: usize,
     pub codec_timeout_secs: u64,
     pub codec: Codec,
@@ -334,6 +337,11 @@ impl Config {
             max_object_size,
             cache_mb: env::parse_or("DGP_CACHE_MB", adv.cache_size_mb.unwrap_or(100u64))
                 .map_err(cfg_err)?,
+            metadata_cache_mb: env::parse_or(
+                "DGP_METADATA_CACHE_MB",
+                adv.metadata_cache_mb.unwrap_or(50u64),
+            )
+            .map_err(cfg_err)?,
             codec_concurrency,
             codec_timeout_secs: env::parse_or("DGP_CODEC_TIMEOUT_SECS", 60u64).map_err(cfg_err)?,
             codec,
@@ -375,6 +383,7 @@ impl Config {
             max_delta_ratio: 0.75,
             max_object_size: 104_857_600,
             cache_mb: 1024,
+            metadata_cache_mb: 50,
             codec_concurrency: 16,
             codec_timeout_secs: 60,
             codec: Codec::Xdelta3,

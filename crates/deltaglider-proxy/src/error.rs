@@ -28,6 +28,8 @@ pub enum ProxyError {
     NotModified,
     #[error("The requested range is not satisfiable")]
     InvalidRange,
+    #[error("The Content-MD5 you specified did not match what we received.")]
+    BadDigest,
     #[error("Access Denied")]
     AccessDenied,
     #[error("integrity check failed: {0}")]
@@ -62,6 +64,7 @@ impl From<ProxyError> for S3Error {
             PreconditionFailed => S3ErrorCode::PreconditionFailed,
             NotModified => S3ErrorCode::Custom("NotModified".into()),
             InvalidRange => S3ErrorCode::InvalidRange,
+            BadDigest => S3ErrorCode::BadDigest,
             AccessDenied => S3ErrorCode::AccessDenied,
             Integrity(_) | Codec(_) | Backend(_) | Io(_) | Startup(_) | Config(_) | Internal(_) => {
                 tracing::error!(error = %msg, "request failed");

@@ -60,6 +60,7 @@ fn build_backends(cfg: &Config) -> Result<(Backends, String), ProxyError> {
                         secret_access_key: b.secret_access_key.clone().unwrap_or_default(),
                     },
                     spool.join(&b.name),
+                    cfg.metadata_cache_mb * 1024 * 1024,
                 )?)
             }
             other => {
@@ -83,7 +84,11 @@ fn build_backends(cfg: &Config) -> Result<(Backends, String), ProxyError> {
     }
     let default = if map.is_empty() {
         let be: Arc<dyn Backend> = match cfg.default_s3()? {
-            Some(s3) => Arc::new(S3Backend::new(&s3, spool.join("default"))?),
+            Some(s3) => Arc::new(S3Backend::new(
+                &s3,
+                spool.join("default"),
+                cfg.metadata_cache_mb * 1024 * 1024,
+            )?),
             None => Arc::new(FsBackend::open(&cfg.data_dir)?),
         };
         let be = wrap_encryption(

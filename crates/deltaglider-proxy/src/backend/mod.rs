@@ -4,6 +4,7 @@
 //! `reference.bin`), never the user-visible ones.
 
 pub mod fs;
+pub mod metacache;
 pub mod s3;
 
 use std::ops::Range;

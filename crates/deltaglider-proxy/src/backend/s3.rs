@@ -15,6 +15,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
+use super::metacache::{MetaCache, Stamp};
 use super::{Backend, ByteStream, PutData, StoredObject};
 use crate::error::ProxyError;
 use crate::meta::{FileMetadata, REFERENCE_NAME};
@@ -25,7 +26,13 @@ pub struct S3Backend {
     /// disambiguated by listing instead of being retried with backoff).
     head_client: Client,
     spool: PathBuf,
+    /// `dg-*` metadata read by HEAD, so that listings do not HEAD every key each time.
+    meta_cache: MetaCache,
 }
+
+/// HEADs in flight per listing: enough to hide the round-trip latency, few enough not to
+/// flood the upstream (the SDK's connection pool is shared with every other request).
+const LIST_HEAD_CONCURRENCY: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct S3BackendConfig {
@@ -75,7 +82,12 @@ fn to_chrono(t: Option<&aws_sdk_s3::primitives::DateTime>) -> DateTime<Utc> {
 }
 
 impl S3Backend {
-    pub fn new(cfg: &S3BackendConfig, spool: PathBuf) -> Result<Self, ProxyError> {
+    /// `meta_cache_bytes`: `DGP_METADATA_CACHE_MB` in bytes (0 = no cache).
+    pub fn new(
+        cfg: &S3BackendConfig,
+        spool: PathBuf,
+        meta_cache_bytes: u64,
+    ) -> Result<Self, ProxyError> {
         std::fs::create_dir_all(&spool)?;
         let creds = Credentials::new(
             &cfg.access_key_id,
@@ -99,6 +111,7 @@ impl S3Backend {
             client: Client::from_conf(conf),
             head_client: Client::from_conf(head_conf),
             spool,
+            meta_cache: MetaCache::new(meta_cache_bytes),
         })
     }
 
@@ -129,6 +142,29 @@ impl S3Backend {
     }
 
     async fn head_meta(&self, bucket: &str, key: &str) -> Result<Option<StoredObject>, ProxyError> {
+        let epoch = self.meta_cache.epoch();
+        let res = self.head_uncached(bucket, key).await;
+        if let Ok(Some(o)) = &res {
+            self.meta_cache.insert(
+                bucket,
+                key,
+                Stamp {
+                    size: o.size,
+                    etag: o.etag.clone(),
+                    modified: o.last_modified.timestamp(),
+                },
+                o.meta.clone(),
+                epoch,
+            );
+        }
+        res
+    }
+
+    async fn head_uncached(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<StoredObject>, ProxyError> {
         let first = self
             .head_client
             .head_object()
@@ -202,6 +238,7 @@ impl Backend for S3Backend {
             .send()
             .await
             .map_err(be)?;
+        self.meta_cache.invalidate_bucket(bucket);
         Ok(())
     }
 
@@ -248,6 +285,8 @@ impl Backend for S3Backend {
             req = req.content_type(ct);
         }
         let res = req.send().await.map_err(be);
+        // Even a failed put may have replaced the object upstream.
+        self.meta_cache.invalidate(bucket, key);
         if let Some(p) = tmp {
             let _ = tokio::fs::remove_file(p).await;
         }
@@ -295,13 +334,16 @@ impl Backend for S3Backend {
     }
 
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), ProxyError> {
-        self.client
+        let res = self
+            .client
             .delete_object()
             .bucket(bucket)
             .key(key)
             .send()
             .await
-            .map_err(be)?;
+            .map_err(be);
+        self.meta_cache.invalidate(bucket, key);
+        res?;
         Ok(())
     }
 
@@ -337,20 +379,44 @@ impl Backend for S3Backend {
         if !with_meta {
             return Ok(out);
         }
-        // The listing carries no user metadata: fetch it with bounded-parallel HEADs
-        // (sizes of deltas, ETags and timestamps come from it).
-        let heads: Vec<_> = futures::stream::iter(out.into_iter().map(|o| async move {
-            match self.head_meta(bucket, &o.key).await {
-                Ok(Some(h)) => StoredObject { meta: h.meta, ..o },
-                _ => o,
+        // The listing carries no user metadata: take it from the cache when the listed
+        // object is the one cached, else HEAD it (bounded concurrency).
+        let mut done = Vec::with_capacity(out.len());
+        let mut missing = Vec::new();
+        for o in out {
+            let stamp = Stamp {
+                size: o.size,
+                etag: o.etag.clone(),
+                modified: o.last_modified.timestamp(),
+            };
+            match self.meta_cache.get(bucket, &o.key, &stamp) {
+                Some((meta, etag)) => done.push(StoredObject {
+                    meta,
+                    etag: o.etag.clone().or(etag),
+                    ..o
+                }),
+                None => missing.push(o),
             }
+        }
+        let mut heads = futures::stream::iter(missing.into_iter().map(|o| async move {
+            self.head_meta(bucket, &o.key).await.map(|h| {
+                h.map(|h| StoredObject {
+                    meta: h.meta,
+                    etag: o.etag.clone().or(h.etag),
+                    ..o
+                })
+            })
         }))
-        .buffered(16)
-        .collect()
-        .await;
-        let mut heads = heads;
-        heads.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(heads)
+        .buffer_unordered(LIST_HEAD_CONCURRENCY);
+        while let Some(h) = heads.next().await {
+            // Gone since the listing (deleted meanwhile): not listed. A failed HEAD fails the
+            // listing rather than show a delta's stored size as the object's size.
+            if let Some(o) = h? {
+                done.push(o);
+            }
+        }
+        done.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(done)
     }
 
     fn spool_dir(&self) -> PathBuf {

@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod codec;
+pub mod ingest;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -14,10 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
-use md5::Digest as _;
 use parking_lot::{Mutex, RwLock};
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::backend::{Backend, ByteStream, PutData, StoredObject};
@@ -161,76 +160,66 @@ fn is_eligible_name(name: &str) -> bool {
     DELTA_EXTENSIONS.iter().any(|e| lower.ends_with(e))
 }
 
-/// Writes a byte stream to a fresh temp file in `dir`, hashing as it goes. The network
-/// receive, the SHA-256 and the MD5+write run concurrently (two blocking threads fed by
-/// bounded channels), so a PUT is not the sum of the three.
-pub async fn spool<S, E>(dir: &std::path::Path, mut stream: S) -> Result<Spooled, ProxyError>
+/// Writes a byte stream to a fresh temp file in `dir`, hashing as it goes (see
+/// [`ingest`]: receive, SHA-256, MD5 and the file write run concurrently).
+pub async fn spool<S, E>(dir: &std::path::Path, stream: S) -> Result<Spooled, ProxyError>
 where
     S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    use std::io::Write;
-    tokio::fs::create_dir_all(dir).await?;
     let path = dir.join(format!("up-{}", uuid::Uuid::new_v4()));
-    let file = std::fs::File::create(&path)?;
-    let (tx_w, mut rx_w) = tokio::sync::mpsc::channel::<Bytes>(16);
-    let (tx_h, mut rx_h) = tokio::sync::mpsc::channel::<Bytes>(16);
-    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-        let mut md5 = md5::Md5::new();
-        let mut size = 0u64;
-        while let Some(c) = rx_w.blocking_recv() {
-            md5.update(&c);
-            size += c.len() as u64;
-            w.write_all(&c)?;
-        }
-        w.flush()?;
-        Ok((hex::encode(md5.finalize()), size))
-    });
-    let hasher = tokio::task::spawn_blocking(move || {
-        let mut sha = Sha256::new();
-        while let Some(c) = rx_h.blocking_recv() {
-            sha.update(&c);
-        }
-        hex::encode(sha.finalize())
-    });
-    let mut failure: Option<ProxyError> = None;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(c) => {
-                if tx_h.send(c.clone()).await.is_err() || tx_w.send(c).await.is_err() {
-                    break;
-                }
+    let r = ingest::receive(stream, None, ingest::Sink::File(path.clone()), None, None).await?;
+    Ok(Spooled {
+        path,
+        size: r.digests.size,
+        sha256: r.digests.sha256,
+        md5: r.digests.md5,
+    })
+}
+
+/// An upload's bytes on their way to storage.
+enum Data {
+    /// A temp file the backend may take over (rename) or upload from.
+    File(PathBuf),
+    /// The received chunks (delta-eligible uploads received by [`Engine::put_stream`]):
+    /// joined into one buffer only if something needs it whole (a delta encoded while
+    /// the body arrived does not).
+    Chunks(Vec<Bytes>),
+    /// In one buffer.
+    Memory(Bytes),
+}
+
+impl Data {
+    /// The bytes in one buffer (reads the file; joins the chunks once).
+    async fn whole(&mut self) -> Result<Bytes, ProxyError> {
+        match self {
+            Data::File(p) => Ok(Bytes::from(tokio::fs::read(&*p).await?)),
+            Data::Chunks(c) => {
+                let b = ingest::concat(c);
+                *self = Data::Memory(b.clone());
+                Ok(b)
             }
-            Err(e) => {
-                failure = Some(ProxyError::InvalidArgument(format!("request body: {e}")));
-                break;
-            }
+            Data::Memory(b) => Ok(b.clone()),
         }
     }
-    drop(tx_w);
-    drop(tx_h);
-    let written = writer
-        .await
-        .map_err(|e| ProxyError::Internal(e.to_string()));
-    let sha = hasher
-        .await
-        .map_err(|e| ProxyError::Internal(e.to_string()));
-    let result = match (failure, written, sha) {
-        (Some(e), _, _) => Err(e),
-        (None, Err(e), _) | (None, _, Err(e)) => Err(e),
-        (None, Ok(Err(e)), _) => Err(ProxyError::Io(e)),
-        (None, Ok(Ok((md5, size))), Ok(sha256)) => Ok(Spooled {
-            path: path.clone(),
-            size,
-            sha256,
-            md5,
-        }),
-    };
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&path).await;
-    }
-    result
+}
+
+struct Upload {
+    digests: ingest::Digests,
+    data: Data,
+    /// A delta encoded while the body arrived: (SHA-256 of its reference, delta).
+    pre_encoded: Option<(String, Vec<u8>)>,
+}
+
+/// What a PUT request tells about its body besides the bytes.
+#[derive(Default, Clone)]
+pub struct BodyInfo {
+    /// Declared length (Content-Length or x-amz-decoded-content-length).
+    pub len: Option<u64>,
+    /// SHA-256 that SigV4 verifies while the body is read (the stream fails on mismatch).
+    pub verified_sha256: Option<String>,
+    /// Content-MD5, hex.
+    pub content_md5: Option<String>,
 }
 
 impl Engine {
@@ -371,28 +360,211 @@ impl Engine {
         up: Spooled,
         opts: PutOptions,
     ) -> Result<FileMetadata, ProxyError> {
-        let res = self.put_inner(bucket, key, &up, opts).await;
+        let res = async {
+            validate_key(key)?;
+            let (be, real) = self.route(bucket);
+            self.require_bucket(&be, &real).await?;
+            let upload = Upload {
+                digests: ingest::Digests {
+                    size: up.size,
+                    sha256: up.sha256.clone(),
+                    md5: up.md5.clone(),
+                },
+                data: Data::File(up.path.clone()),
+                pre_encoded: None,
+            };
+            self.store(&be, &real, bucket, key, upload, opts).await
+        }
+        .await;
         let _ = tokio::fs::remove_file(&up.path).await;
         res
     }
 
-    async fn put_inner(
+    /// Receives and stores a PUT body. Delta-eligible bodies stay in memory and, when the
+    /// deltaspace has a reference and the codec is zstd, are delta-encoded while they
+    /// arrive; other bodies are spooled to a temp file that the backend takes over.
+    pub async fn put_stream<S, E>(
         &self,
         bucket: &str,
         key: &str,
-        up: &Spooled,
+        body: S,
+        info: BodyInfo,
         opts: PutOptions,
-    ) -> Result<FileMetadata, ProxyError> {
+    ) -> Result<FileMetadata, ProxyError>
+    where
+        S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
         validate_key(key)?;
         let (be, real) = self.route(bucket);
         self.require_bucket(&be, &real).await?;
         let (prefix, name) = split_key(key);
+        let pol = self.policy(bucket);
+        let in_memory = !key.ends_with('/')
+            && pol.compression.unwrap_or(true)
+            && is_eligible_name(name)
+            && info
+                .len
+                .is_some_and(|l| l > 0 && l <= self.cfg.max_object_size);
+        let check_md5 = |d: &ingest::Digests| match &info.content_md5 {
+            Some(want) if *want != d.md5 => Err(ProxyError::BadDigest),
+            _ => Ok(()),
+        };
+        if !in_memory {
+            let path = be.spool_dir().join(format!("up-{}", uuid::Uuid::new_v4()));
+            let t0 = Instant::now();
+            let res = async {
+                let r = ingest::receive(
+                    body,
+                    info.verified_sha256.clone(),
+                    ingest::Sink::File(path.clone()),
+                    None,
+                    None,
+                )
+                .await?;
+                check_md5(&r.digests)?;
+                let t_received = t0.elapsed();
+                let upload = Upload {
+                    digests: r.digests,
+                    data: Data::File(path.clone()),
+                    pre_encoded: None,
+                };
+                let res = self.store(&be, &real, bucket, key, upload, opts).await;
+                tracing::debug!(
+                    key,
+                    received_ms = t_received.as_secs_f64() * 1e3,
+                    stored_ms = t0.elapsed().as_secs_f64() * 1e3,
+                    "put timings (spooled)"
+                );
+                res
+            }
+            .await;
+            // Normally already renamed into place (or uploaded and removed) by the backend.
+            let _ = tokio::fs::remove_file(&path).await;
+            return res;
+        }
+        let len = info.len.unwrap_or_default();
+        let t0 = Instant::now();
+        let encoder = self.start_stream_encode(&be, &real, prefix, len).await?;
+        let t_setup = t0.elapsed();
+        let (tx, pending) = match encoder {
+            Some((ref_sha, tx, h, permit)) => (Some(tx), Some((ref_sha, h, permit))),
+            None => (None, None),
+        };
+        let received = ingest::receive(
+            body,
+            info.verified_sha256.clone(),
+            ingest::Sink::Memory,
+            tx,
+            Some(len),
+        )
+        .await;
+        let t_received = t0.elapsed();
+        let pre_encoded = match pending {
+            Some((ref_sha, h, permit)) => {
+                let enc = h.await;
+                drop(permit);
+                self.release_gauge();
+                match enc {
+                    Ok(Ok((delta, busy))) => {
+                        metrics::histogram!("deltaglider_delta_encode_duration_seconds")
+                            .record(busy.as_secs_f64());
+                        Some((ref_sha, delta))
+                    }
+                    // Encoded again after the receive if it is still wanted.
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        let t_encoded = t0.elapsed();
+        let streamed = pre_encoded.is_some();
+        let r = received?;
+        check_md5(&r.digests)?;
+        let upload = Upload {
+            data: Data::Chunks(r.chunks),
+            digests: r.digests,
+            pre_encoded,
+        };
+        let res = self.store(&be, &real, bucket, key, upload, opts).await;
+        tracing::debug!(
+            key,
+            streamed,
+            setup_ms = t_setup.as_secs_f64() * 1e3,
+            received_ms = t_received.as_secs_f64() * 1e3,
+            encoded_ms = t_encoded.as_secs_f64() * 1e3,
+            stored_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "put timings"
+        );
+        res
+    }
+
+    /// Starts a zstd encoder against the deltaspace's current reference, if there is one
+    /// and a codec slot is free right now (a slow client must not hold a slot others wait
+    /// for: without one, the upload is encoded after it arrived, as with xdelta3).
+    #[allow(clippy::type_complexity)]
+    async fn start_stream_encode(
+        &self,
+        be: &Arc<dyn Backend>,
+        real: &str,
+        prefix: &str,
+        len: u64,
+    ) -> Result<
+        Option<(
+            String,
+            tokio::sync::mpsc::Sender<ingest::Batch>,
+            tokio::task::JoinHandle<Result<(Vec<u8>, Duration), ProxyError>>,
+            tokio::sync::OwnedSemaphorePermit,
+        )>,
+        ProxyError,
+    > {
+        if self.cfg.codec != Codec::Zstd {
+            return Ok(None);
+        }
+        let Some(obj) = be.head(real, &ref_key(prefix)).await? else {
+            return Ok(None);
+        };
+        let ref_sha = obj.meta.map(|m| m.file_sha256).unwrap_or_default();
+        let Ok(permit) = self.codec_sem.clone().try_acquire_owned() else {
+            return Ok(None);
+        };
+        self.release_gauge();
+        let reference = self
+            .load_reference(be, real, prefix, Some(&ref_sha))
+            .await?;
+        let (tx, h) = codec::zstd_stream_encoder(reference, len);
+        Ok(Some((ref_sha, tx, h, permit)))
+    }
+
+    /// Encodes with the configured codec under a codec slot.
+    async fn encode(&self, reference: Bytes, target: Bytes) -> Result<Vec<u8>, ProxyError> {
+        let permit = self.codec_permit().await?;
+        let t0 = Instant::now();
+        let enc = codec::encode(self.cfg.codec, reference, target, self.cfg.codec_timeout).await;
+        drop(permit);
+        self.release_gauge();
+        metrics::histogram!("deltaglider_delta_encode_duration_seconds")
+            .record(t0.elapsed().as_secs_f64());
+        enc
+    }
+
+    async fn store(
+        &self,
+        be: &Arc<dyn Backend>,
+        real: &str,
+        bucket: &str,
+        key: &str,
+        up: Upload,
+        opts: PutOptions,
+    ) -> Result<FileMetadata, ProxyError> {
+        let (prefix, name) = split_key(key);
+        let size = up.digests.size;
         let mut meta = FileMetadata {
             tool: meta::TOOL.into(),
             original_name: name.to_string(),
-            file_sha256: up.sha256.clone(),
-            file_size: up.size,
-            md5: Some(up.md5.clone()),
+            file_sha256: up.digests.sha256.clone(),
+            file_size: size,
+            md5: Some(up.digests.md5.clone()),
             multipart_etag: opts.multipart_etag.clone(),
             created_at: meta::now_timestamp(),
             content_type: opts.content_type.clone(),
@@ -401,13 +573,13 @@ impl Engine {
             ..Default::default()
         };
         if key.ends_with('/') {
-            if up.size != 0 {
+            if size != 0 {
                 return Err(ProxyError::InvalidKey(
                     "a key ending in / is a directory marker and must be empty".into(),
                 ));
             }
             meta.content_type = Some("application/x-directory".into());
-            be.put(&real, key, PutData::Bytes(Bytes::new()), &meta)
+            be.put(real, key, PutData::Bytes(Bytes::new()), &meta)
                 .await?;
             return Ok(meta);
         }
@@ -415,23 +587,33 @@ impl Engine {
         let ratio_limit = pol.max_delta_ratio.unwrap_or(self.cfg.max_delta_ratio);
         let eligible = pol.compression.unwrap_or(true)
             && is_eligible_name(name)
-            && up.size > 0
-            && up.size <= self.cfg.max_object_size;
+            && size > 0
+            && size <= self.cfg.max_object_size;
         let delta_key = format!("{key}{DELTA_SUFFIX}");
-        let _guard = self.lock_space(&real, prefix).await;
+        let _guard = self.lock_space(real, prefix).await;
 
+        let mut data = up.data;
         if eligible {
-            let data = Bytes::from(tokio::fs::read(&up.path).await?);
             let rkey = ref_key(prefix);
-            let (reference, ref_sha, created_ref) = match be.head(&real, &rkey).await? {
+            let codec = self.cfg.codec;
+            let (delta, ref_sha, created_ref) = match be.head(real, &rkey).await? {
                 Some(obj) => {
-                    let ref_meta = obj.meta.clone().unwrap_or_default();
-                    let r = self
-                        .load_reference(&be, &real, prefix, Some(&ref_meta.file_sha256))
-                        .await?;
-                    (r, ref_meta.file_sha256, false)
+                    let ref_sha = obj.meta.unwrap_or_default().file_sha256;
+                    // The delta encoded during the receive stands if the reference it was
+                    // encoded against is still the deltaspace's (checked under the lock).
+                    let delta = match up.pre_encoded {
+                        Some((sha, d)) if sha == ref_sha => d,
+                        _ => {
+                            let r = self
+                                .load_reference(be, real, prefix, Some(&ref_sha))
+                                .await?;
+                            self.encode(r, data.whole().await?).await?
+                        }
+                    };
+                    (delta, ref_sha, false)
                 }
                 None => {
+                    let bytes = data.whole().await?;
                     let rmeta = FileMetadata {
                         note: Note::Reference.as_str().into(),
                         source_name: Some(key.to_string()),
@@ -441,29 +623,25 @@ impl Engine {
                         multipart_etag: None,
                         ..meta.clone()
                     };
-                    be.put(&real, &rkey, PutData::Bytes(data.clone()), &rmeta)
-                        .await?;
-                    self.cache.put(&real, prefix, &up.sha256, data.clone());
-                    (data.clone(), up.sha256.clone(), true)
+                    // The reference write and the (self-)delta encode overlap.
+                    let (stored, enc) = tokio::join!(
+                        be.put(real, &rkey, PutData::Bytes(bytes.clone()), &rmeta),
+                        self.encode(bytes.clone(), bytes.clone())
+                    );
+                    stored?;
+                    self.cache
+                        .put(real, prefix, &up.digests.sha256, bytes.clone());
+                    (enc?, up.digests.sha256.clone(), true)
                 }
             };
-            let codec = self.cfg.codec;
-            let permit = self.codec_permit().await?;
-            let t0 = Instant::now();
-            let enc = codec::encode(codec, &reference, &data, self.cfg.codec_timeout).await;
-            drop(permit);
-            self.release_gauge();
-            metrics::histogram!("deltaglider_delta_encode_duration_seconds")
-                .record(t0.elapsed().as_secs_f64());
-            let delta = enc?;
-            let ratio = delta.len() as f64 / up.size as f64;
+            let ratio = delta.len() as f64 / size as f64;
             metrics::histogram!("deltaglider_delta_compression_ratio").record(ratio);
             tracing::debug!(
                 bucket,
                 key,
                 ratio,
                 delta_size = delta.len(),
-                size = up.size,
+                size,
                 codec = codec.as_str(),
                 "delta encoded"
             );
@@ -484,16 +662,11 @@ impl Engine {
                     delta_codec: (codec == Codec::Zstd).then(|| codec.as_str().to_string()),
                     ..meta.clone()
                 };
-                let saved = up.size.saturating_sub(delta.len() as u64);
-                be.put(
-                    &real,
-                    &delta_key,
-                    PutData::Bytes(Bytes::from(delta)),
-                    &dmeta,
-                )
-                .await?;
+                let saved = size.saturating_sub(delta.len() as u64);
+                be.put(real, &delta_key, PutData::Bytes(Bytes::from(delta)), &dmeta)
+                    .await?;
                 // The new form is durable: drop a stale passthrough copy so it never shadows.
-                be.delete(&real, key).await?;
+                be.delete(real, key).await?;
                 metrics::counter!("deltaglider_delta_decisions_total", "decision" => if created_ref { "reference" } else { "delta" }).increment(1);
                 metrics::counter!("deltaglider_delta_bytes_saved_total").increment(saved);
                 tracing::info!(
@@ -506,39 +679,26 @@ impl Engine {
                 return Ok(dmeta);
             }
             if created_ref {
-                be.delete(&real, &rkey).await?;
-                self.cache.evict(&real, prefix);
+                be.delete(real, &rkey).await?;
+                self.cache.evict(real, prefix);
             }
         }
-        be.put(
-            &real,
-            key,
-            PutData::File(self.copy_for_backend(up).await?),
-            &meta,
-        )
-        .await?;
-        let had_delta = be.head(&real, &delta_key).await?.is_some();
+        let put_data = match data {
+            // The backend consumes (renames) the file it is given.
+            Data::File(p) => PutData::File(p),
+            Data::Chunks(c) => PutData::Bytes(ingest::concat(&c)),
+            Data::Memory(b) => PutData::Bytes(b),
+        };
+        be.put(real, key, put_data, &meta).await?;
+        let had_delta = be.head(real, &delta_key).await?.is_some();
         if had_delta {
-            be.delete(&real, &delta_key).await?;
-            self.cleanup_space(&be, &real, prefix).await?;
+            be.delete(real, &delta_key).await?;
+            self.cleanup_space(be, real, prefix).await?;
         }
         metrics::counter!("deltaglider_delta_decisions_total", "decision" => "passthrough")
             .increment(1);
-        tracing::info!(
-            bucket,
-            key,
-            decision = "passthrough",
-            size = up.size,
-            "object stored"
-        );
+        tracing::info!(bucket, key, decision = "passthrough", size, "object stored");
         Ok(meta)
-    }
-
-    /// The backend consumes (renames) the file it is given; hand it the spool file itself.
-    async fn copy_for_backend(&self, up: &Spooled) -> Result<PathBuf, ProxyError> {
-        let p = up.path.with_extension("put");
-        tokio::fs::rename(&up.path, &p).await?;
-        Ok(p)
     }
 
     async fn load_reference(
@@ -560,7 +720,10 @@ impl Engine {
                 }
                 e => e,
             })?;
-        let actual = hex_sha256(&data);
+        let hashed = data.clone();
+        let actual = tokio::task::spawn_blocking(move || hex_sha256(&hashed))
+            .await
+            .map_err(|e| ProxyError::Internal(e.to_string()))?;
         if let Some(want) = sha {
             if actual != want {
                 return Err(ProxyError::Integrity(format!(
@@ -652,13 +815,17 @@ impl Engine {
         let cache_hit = self.cache.stats().hits > cached;
         let permit = self.codec_permit().await?;
         let t0 = Instant::now();
-        let out = codec::decode(codec, &reference, &delta, self.cfg.codec_timeout).await;
+        let out = codec::decode(codec, reference, delta, self.cfg.codec_timeout).await;
         drop(permit);
         self.release_gauge();
         metrics::histogram!("deltaglider_delta_decode_duration_seconds")
             .record(t0.elapsed().as_secs_f64());
-        let out = out?;
-        if hex_sha256(&out) != r.meta.file_sha256 {
+        let out = Bytes::from(out?);
+        let check = out.clone();
+        let sha = tokio::task::spawn_blocking(move || hex_sha256(&check))
+            .await
+            .map_err(|e| ProxyError::Internal(e.to_string()))?;
+        if sha != r.meta.file_sha256 {
             // Never serve corrupt bytes; the cached reference may be the culprit.
             self.cache.evict(&real, prefix);
             return Err(ProxyError::Integrity(format!(
@@ -666,7 +833,6 @@ impl Engine {
                 r.physical_key
             )));
         }
-        let out = Bytes::from(out);
         let body = match range {
             Some(rg) => out.slice(rg.start as usize..rg.end as usize),
             None => out,

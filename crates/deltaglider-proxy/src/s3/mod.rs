@@ -12,7 +12,7 @@ use http::HeaderValue;
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 
-use crate::delta::{Body, PutOptions, Resolved};
+use crate::delta::{Body, BodyInfo, PutOptions, Resolved};
 use crate::error::ProxyError;
 use crate::iam::Action;
 use crate::state::AppState;
@@ -69,6 +69,27 @@ fn check_conditions(
         }
     }
     Ok(())
+}
+
+/// The payload SHA-256 when SigV4 vouches for it: a verified request (header or presigned
+/// V4) carrying a single-chunk `x-amz-content-sha256`, whose body s3s hashes while it is
+/// read and fails on a mismatch. Then the engine need not hash the body again.
+fn verified_payload_sha256(
+    headers: &http::HeaderMap,
+    uri: &http::Uri,
+    credentials: &Option<s3s::auth::Credentials>,
+) -> Option<String> {
+    credentials.as_ref()?;
+    let v4 = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.starts_with("AWS4-HMAC-SHA256"))
+        || uri
+            .query()
+            .is_some_and(|q| q.contains("X-Amz-Algorithm=AWS4-HMAC-SHA256"));
+    let h = headers.get("x-amz-content-sha256")?.to_str().ok()?;
+    (v4 && h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| h.to_ascii_lowercase())
 }
 
 /// Client-visible metadata: user metadata plus the echoed `dg-*` fields.
@@ -349,37 +370,37 @@ impl S3 for Proxy {
                 }
             }
         }
-        let dir = self.state.engine.spool_dir(&bucket);
-        let up = match input.body {
-            Some(body) => crate::delta::spool(&dir, body).await.map_err(perr)?,
-            None => crate::delta::spool(
-                &dir,
-                futures::stream::empty::<Result<Bytes, std::io::Error>>(),
-            )
-            .await
-            .map_err(perr)?,
+        let info = BodyInfo {
+            len: req
+                .headers
+                .get("x-amz-decoded-content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .or(input.content_length.and_then(|l| u64::try_from(l).ok())),
+            verified_sha256: verified_payload_sha256(&req.headers, &req.uri, &req.credentials),
+            content_md5: match &input.content_md5 {
+                Some(md5) => {
+                    use base64::Engine as _;
+                    Some(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(md5)
+                            .map(hex::encode)
+                            .unwrap_or_default(),
+                    )
+                }
+                None => None,
+            },
         };
-        if let Some(md5) = &input.content_md5 {
-            use base64::Engine as _;
-            let want = base64::engine::general_purpose::STANDARD
-                .decode(md5)
-                .map(hex::encode)
-                .unwrap_or_default();
-            if want != up.md5 {
-                let _ = tokio::fs::remove_file(&up.path).await;
-                return Err(S3Error::with_message(
-                    S3ErrorCode::BadDigest,
-                    "The Content-MD5 you specified did not match what we received.",
-                ));
+        let opts = Self::put_options(input.content_type, input.metadata);
+        let engine = &self.state.engine;
+        let meta = match input.body {
+            Some(body) => engine.put_stream(&bucket, &key, body, info, opts).await,
+            None => {
+                let empty = futures::stream::empty::<Result<Bytes, std::io::Error>>();
+                engine.put_stream(&bucket, &key, empty, info, opts).await
             }
         }
-        let opts = Self::put_options(input.content_type, input.metadata);
-        let meta = self
-            .state
-            .engine
-            .put(&bucket, &key, up, opts)
-            .await
-            .map_err(perr)?;
+        .map_err(perr)?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(etag(&meta.etag())),
             ..Default::default()

@@ -1,0 +1,181 @@
+//! Listing on the upstream-S3 backend (a real s3s-fs on loopback): the sizes and ETags of
+//! the originals come from per-key `dg-*` metadata, which the proxy caches
+//! (`DGP_METADATA_CACHE_MB`). Repeated listings are served from the cache, and stay right
+//! after overwrites and deletes through the proxy and after writes that bypass it.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+
+/// key → (size, ETag) as the proxy lists them.
+async fn listing(c: &aws_sdk_s3::Client, bucket: &str) -> BTreeMap<String, (i64, String)> {
+    let out = c
+        .list_objects_v2()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("list: {e:?}"));
+    out.contents()
+        .iter()
+        .map(|o| {
+            (
+                o.key().unwrap().to_string(),
+                (
+                    o.size().unwrap(),
+                    o.e_tag().unwrap().trim_matches('"').to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// LastModified of `key` as the listing shows it.
+async fn modified(c: &aws_sdk_s3::Client, bucket: &str, key: &str) -> aws_smithy_types::DateTime {
+    let out = c.list_objects_v2().bucket(bucket).send().await.unwrap();
+    *out.contents()
+        .iter()
+        .find(|o| o.key() == Some(key))
+        .unwrap_or_else(|| panic!("{key} not listed"))
+        .last_modified()
+        .unwrap()
+}
+
+fn md5hex(b: &[u8]) -> String {
+    use md5::Digest;
+    hex::encode(md5::Md5::digest(b))
+}
+
+fn expect(objs: &[(&str, &[u8])]) -> BTreeMap<String, (i64, String)> {
+    objs.iter()
+        .map(|(k, d)| (k.to_string(), (d.len() as i64, md5hex(d))))
+        .collect()
+}
+
+/// Sum of a Prometheus counter's samples (0 when absent).
+async fn counter(p: &Proxy, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}/_/metrics", p.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+const HITS: &str = "deltaglider_metadata_cache_hits_total";
+const MISSES: &str = "deltaglider_metadata_cache_misses_total";
+
+#[tokio::test]
+async fn listing_sizes_stay_right_with_the_metadata_cache() {
+    let Some(up) = S3sFs::start("listing_sizes_stay_right_with_the_metadata_cache").await else {
+        return;
+    };
+    let p = start_proxy(Some(&up), &[]).await;
+    let c = p.client();
+    c.create_bucket().bucket("lst").send().await.unwrap();
+    let v1 = bytes(1, 300_000);
+    let v2 = mutate(&v1, 2);
+    let plain = bytes(3, 5_000);
+    put_bytes(&c, "lst", "rel/a.zip", &v1).await;
+    put_bytes(&c, "lst", "rel/b.zip", &v2).await;
+    put_bytes(&c, "lst", "rel/c.bin", &plain).await;
+    // b.zip is stored as a small delta: the listing must show the original's size.
+    let want = expect(&[
+        ("rel/a.zip", &v1),
+        ("rel/b.zip", &v2),
+        ("rel/c.bin", &plain),
+    ]);
+    assert_eq!(listing(&c, "lst").await, want);
+
+    // Listed again: every key's metadata comes from the cache, no miss.
+    let (h0, m0) = (counter(&p, HITS).await, counter(&p, MISSES).await);
+    assert_eq!(listing(&c, "lst").await, want);
+    let (h1, m1) = (counter(&p, HITS).await, counter(&p, MISSES).await);
+    // rel/reference.bin, rel/a.zip.delta, rel/b.zip.delta, rel/c.bin
+    assert!(h1 - h0 >= 4.0, "hits {h0} -> {h1}");
+    assert_eq!(m1, m0, "a repeated listing missed the cache");
+
+    // Overwrite through the proxy: new size and ETag at once.
+    let v3 = mutate(&v2, 4);
+    assert_ne!(v3.len(), v2.len());
+    put_bytes(&c, "lst", "rel/b.zip", &v3).await;
+    let want = expect(&[
+        ("rel/a.zip", &v1),
+        ("rel/b.zip", &v3),
+        ("rel/c.bin", &plain),
+    ]);
+    assert_eq!(listing(&c, "lst").await, want);
+    // Same size, other bytes.
+    let mut v4 = v3.clone();
+    v4[10] ^= 0xff;
+    put_bytes(&c, "lst", "rel/b.zip", &v4).await;
+    let want = expect(&[
+        ("rel/a.zip", &v1),
+        ("rel/b.zip", &v4),
+        ("rel/c.bin", &plain),
+    ]);
+    assert_eq!(listing(&c, "lst").await, want);
+
+    // The very same bytes again: upstream, the delta object keeps its size (and usually its
+    // Last-Modified second), so only the invalidation on put makes the listing show the
+    // new upload time.
+    for _ in 0..3 {
+        let before = modified(&c, "lst", "rel/b.zip").await;
+        put_bytes(&c, "lst", "rel/b.zip", &v4).await;
+        let after = modified(&c, "lst", "rel/b.zip").await;
+        assert!(
+            after > before,
+            "listed LastModified {after:?} after re-upload, was {before:?}"
+        );
+    }
+    assert_eq!(listing(&c, "lst").await, want);
+
+    // Delete, then re-create under the same key with other content.
+    c.delete_object()
+        .bucket("lst")
+        .key("rel/a.zip")
+        .send()
+        .await
+        .unwrap();
+    let want = expect(&[("rel/b.zip", &v4), ("rel/c.bin", &plain)]);
+    assert_eq!(listing(&c, "lst").await, want);
+    let v5 = mutate(&v1, 5);
+    put_bytes(&c, "lst", "rel/a.zip", &v5).await;
+    let want = expect(&[
+        ("rel/a.zip", &v5),
+        ("rel/b.zip", &v4),
+        ("rel/c.bin", &plain),
+    ]);
+    assert_eq!(listing(&c, "lst").await, want);
+
+    // A write that bypasses the proxy (straight to the upstream bucket) is seen too: the
+    // cached entry no longer matches the stored object.
+    let other = bytes(6, 7_000);
+    up.client()
+        .put_object()
+        .bucket("lst")
+        .key("rel/c.bin")
+        .body(other.clone().into())
+        .send()
+        .await
+        .unwrap();
+    let want = expect(&[
+        ("rel/a.zip", &v5),
+        ("rel/b.zip", &v4),
+        ("rel/c.bin", &other),
+    ]);
+    assert_eq!(listing(&c, "lst").await, want);
+    drop(p);
+
+    // DGP_METADATA_CACHE_MB=0: no cache, same answers.
+    let p = start_proxy(Some(&up), &[("DGP_METADATA_CACHE_MB", "0".into())]).await;
+    let c = p.client();
+    assert_eq!(listing(&c, "lst").await, want);
+    assert_eq!(listing(&c, "lst").await, want);
+    assert_eq!(counter(&p, HITS).await, 0.0);
+}
