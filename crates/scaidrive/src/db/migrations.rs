@@ -31,6 +31,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0003_sync.sql"),
         mysql: include_str!("../../migrations/mysql/0003_sync.sql"),
     },
+    Migration {
+        version: 4,
+        name: "sync_settings",
+        sqlite: include_str!("../../migrations/sqlite/0004_sync_settings.sql"),
+        mysql: include_str!("../../migrations/mysql/0004_sync_settings.sql"),
+    },
 ];
 
 /// Why `migrate` refused to run.
