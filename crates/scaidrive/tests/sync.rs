@@ -1477,3 +1477,88 @@ async fn two_replicas_fan_out_through_redis() {
         "{body}"
     );
 }
+
+/// Figures, not a test of timing (run with `--ignored --nocapture`): `SCAIDRIVE_FANOUT_SOCKETS`
+/// (2000) subscribed sync sockets of one user; for each of 20 uploads, the time from the
+/// request start until the last socket has the frame. Asserts only that every socket got
+/// every change, in order.
+#[tokio::test]
+#[ignore]
+async fn fanout_many_sockets_figures() {
+    let n: usize = std::env::var("SCAIDRIVE_FANOUT_SOCKETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let Some(s) = Srv::start(
+        Backend::Sqlite,
+        &[
+            ("SCAIDRIVE_WS_MAX_PER_USER", (n + 10).to_string()),
+            ("SCAIDRIVE_RATE_LIMIT_ENABLED", "false".into()),
+            ("SCAIDRIVE_LOG_LEVEL", "WARNING".into()),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let tok = s.token("acme", "alice", false);
+    let (_share, root) = s.home(&tok).await;
+    register(&s, &tok, "dev-a").await;
+    let url = ws_url(&s.base, &format!("/api/v1/sync/ws/dev-a?token={tok}"));
+    let t = std::time::Instant::now();
+    let (tx, mut rx) =
+        tokio::sync::mpsc::unbounded_channel::<(usize, String, std::time::Instant)>();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let mut ws = connect(&url).await;
+        subscribe(&mut ws).await;
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(Ok(m)) = ws.next().await {
+                if let Message::Text(t) = m {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["event_type"] == "change" {
+                        let id = v["data"]["resource_id"].as_str().unwrap().to_string();
+                        let _ = tx.send((i, id, std::time::Instant::now()));
+                    }
+                }
+            }
+        }));
+    }
+    println!(
+        "{n} sockets connected and subscribed in {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
+    let mut lat = Vec::new();
+    for k in 0..20 {
+        let start = std::time::Instant::now();
+        let (st, f) = s.upload(&tok, &root, &format!("fan{k}.txt"), b"x").await;
+        assert_eq!(st, 201, "{f}");
+        let id = f["id"].as_str().unwrap().to_string();
+        let mut got = vec![false; n];
+        let mut left = n;
+        let mut last = start;
+        while left > 0 {
+            let (i, rid, at) = tokio::time::timeout(Duration::from_secs(120), rx.recv())
+                .await
+                .expect("a socket missed a change")
+                .unwrap();
+            assert_eq!(rid, id, "socket {i}: changes out of order");
+            assert!(!got[i], "socket {i}: duplicate");
+            got[i] = true;
+            left -= 1;
+            last = at;
+        }
+        lat.push((last - start).as_secs_f64() * 1000.0);
+    }
+    let first = lat[0];
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "commit→frame on all {n} sockets: first change {first:.1} ms, p50 {:.1} ms, max {:.1} ms (20 changes)",
+        lat[lat.len() / 2],
+        lat[lat.len() - 1]
+    );
+    for t in tasks {
+        t.abort();
+    }
+}
