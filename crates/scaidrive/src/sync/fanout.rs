@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use axum::extract::ws::Utf8Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, Notify};
 
@@ -31,11 +32,12 @@ pub const REFRESH: u8 = 2;
 pub const PREFERENCES: u8 = 4;
 
 /// A committed change-log entry on its way to sockets. Frames are rendered once, on first
-/// use, and shared by every socket that receives the entry.
+/// use, and shared by every socket that receives the entry (`Utf8Bytes` clones share the
+/// buffer: no per-socket copy).
 pub struct Delivery {
     pub row: ChangeRow,
-    pub sync_frame: OnceLock<String>,
-    pub realtime_frame: OnceLock<String>,
+    pub sync_frame: OnceLock<Utf8Bytes>,
+    pub realtime_frame: OnceLock<Utf8Bytes>,
 }
 
 /// Which entries a socket receives.

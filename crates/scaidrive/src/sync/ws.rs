@@ -263,11 +263,10 @@ pub fn realtime_frame(row: &ChangeRow) -> String {
 }
 
 async fn send(socket: &mut WebSocket, v: Value) -> bool {
-    send_text(socket, v.to_string()).await
-}
-
-async fn send_text(socket: &mut WebSocket, s: String) -> bool {
-    socket.send(Message::Text(s.into())).await.is_ok()
+    socket
+        .send(Message::Text(v.to_string().into()))
+        .await
+        .is_ok()
 }
 
 /// What a socket receives and may receive.
@@ -438,10 +437,10 @@ async fn run(
             d = rx.recv() => {
                 let Some(d) = d else { return "server_shutdown" };
                 let frame = match kind {
-                    Kind::Sync { .. } => d.sync_frame.get_or_init(|| sync_frame(&d.row)),
-                    Kind::Realtime => d.realtime_frame.get_or_init(|| realtime_frame(&d.row)),
+                    Kind::Sync { .. } => d.sync_frame.get_or_init(|| sync_frame(&d.row).into()),
+                    Kind::Realtime => d.realtime_frame.get_or_init(|| realtime_frame(&d.row).into()),
                 };
-                if !send_text(&mut socket, frame.clone()).await { return "send_failed" }
+                if socket.send(Message::Text(frame.clone())).await.is_err() { return "send_failed" }
             }
             _ = sub.wake.notified() => {
                 let flags = sub.take_flags();
