@@ -43,6 +43,8 @@ pub struct AppState {
     pub hub: Arc<pubsub::Hub>,
     /// Open WebSockets of this process, for the connection limits.
     pub ws: Arc<sync::ws::Registry>,
+    /// This process's WebSockets indexed by share; fed by `hub`'s signals.
+    pub fanout: Arc<sync::fanout::Fanout>,
 }
 
 /// The embedded issuer of this data dir (key created on first use).
@@ -106,6 +108,10 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
         Some(url) => pubsub::Hub::with_redis(url).context("SCAIDRIVE_REDIS_URL")?,
         None => pubsub::Hub::local(),
     };
+    let fanout = Arc::new(sync::fanout::Fanout::default());
+    if let Some(signals) = hub.take_signals() {
+        sync::fanout::spawn(db.clone(), fanout.clone(), signals);
+    }
     Ok(Arc::new(AppState {
         cfg: Arc::new(cfg),
         db,
@@ -116,6 +122,7 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
         notifier: hub.clone(),
         hub,
         ws: Default::default(),
+        fanout,
         rate_limiter,
         cache,
     }))

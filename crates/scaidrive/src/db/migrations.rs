@@ -32,6 +32,12 @@ pub const MIGRATIONS: &[Migration] = &[
         mysql: include_str!("../../migrations/mysql/0003_sync.sql"),
     },
     Migration {
+        version: 4,
+        name: "sync_settings",
+        sqlite: include_str!("../../migrations/sqlite/0004_sync_settings.sql"),
+        mysql: include_str!("../../migrations/mysql/0004_sync_settings.sql"),
+    },
+    Migration {
         version: 5,
         name: "pending_chunks",
         sqlite: include_str!("../../migrations/sqlite/0005_pending_chunks.sql"),

@@ -109,31 +109,18 @@ impl Db {
         }
     }
 
-    /// Upsert of an upload part whose bytes are at their content address (`staged` = 0): a
-    /// repeated PUT of the same index replaces the earlier one.
+    /// Upsert of an upload part (binds: tenant, session, index, hash, size, staged): a repeated
+    /// PUT of the same index replaces the earlier one. `staged` = 1 when the bytes wait under
+    /// `uploads/{session}/chunks/{index}`, 0 when they are at their content address.
     pub fn upsert_part_sql(&self) -> &'static str {
         match self.backend {
             Backend::Sqlite => {
-                "INSERT INTO upload_parts (tenant_id, session_id, idx, hash, size, staged) VALUES (?, ?, ?, ?, ?, 0) \
-                 ON CONFLICT (tenant_id, session_id, idx) DO UPDATE SET hash = excluded.hash, size = excluded.size, staged = 0"
+                "INSERT INTO upload_parts (tenant_id, session_id, idx, hash, size, staged) VALUES (?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (tenant_id, session_id, idx) DO UPDATE SET hash = excluded.hash, size = excluded.size, staged = excluded.staged"
             }
             Backend::MySql => {
-                "INSERT INTO upload_parts (tenant_id, session_id, idx, hash, size, staged) VALUES (?, ?, ?, ?, ?, 0) \
-                 ON DUPLICATE KEY UPDATE hash = VALUES(hash), size = VALUES(size), staged = 0"
-            }
-        }
-    }
-
-    /// Upsert of an upload part whose bytes wait under `uploads/{session}/chunks/{index}`.
-    pub fn upsert_staged_part_sql(&self) -> &'static str {
-        match self.backend {
-            Backend::Sqlite => {
-                "INSERT INTO upload_parts (tenant_id, session_id, idx, hash, size, staged) VALUES (?, ?, ?, ?, ?, 1) \
-                 ON CONFLICT (tenant_id, session_id, idx) DO UPDATE SET hash = excluded.hash, size = excluded.size, staged = 1"
-            }
-            Backend::MySql => {
-                "INSERT INTO upload_parts (tenant_id, session_id, idx, hash, size, staged) VALUES (?, ?, ?, ?, ?, 1) \
-                 ON DUPLICATE KEY UPDATE hash = VALUES(hash), size = VALUES(size), staged = 1"
+                "INSERT INTO upload_parts (tenant_id, session_id, idx, hash, size, staged) VALUES (?, ?, ?, ?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE hash = VALUES(hash), size = VALUES(size), staged = VALUES(staged)"
             }
         }
     }

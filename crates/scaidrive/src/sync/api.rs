@@ -223,6 +223,7 @@ pub async fn status(
     .bind(pos)
     .fetch_one(&st.db.pool)
     .await?;
+    let valid = pos >= purged && pos <= h && !super::cursor_expired(&st, &c.tenant_id, pos).await?;
     let conflicts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sync_conflicts WHERE tenant_id = ? AND share_id = ? AND device_id = ? AND resolved_at IS NULL")
         .bind(&c.tenant_id).bind(&q.share_id).bind(&q.device_id)
         .fetch_one(&st.db.pool).await?;
@@ -230,7 +231,7 @@ pub async fn status(
         StatusCode::OK,
         json!({"share_id": q.share_id, "device_id": q.device_id, "cursor_position": pos,
             "last_sync_at": iso(last), "pending_changes": pending, "has_conflicts": conflicts > 0,
-            "unresolved_conflicts": conflicts, "head_position": h, "cursor_valid": pos >= purged}),
+            "unresolved_conflicts": conflicts, "head_position": h, "cursor_valid": valid}),
     ))
 }
 
@@ -300,7 +301,7 @@ pub async fn changes(
     let (changes, cursor, has_more) = match from {
         From::Log(0) => snapshot(&st, &c, &q.share_id, h, "", limit).await?,
         From::Snapshot { head: sh, after } => {
-            if sh < purged || sh > h {
+            if sh < purged || sh > h || super::cursor_expired(&st, &c.tenant_id, sh).await? {
                 return Err(cursor_invalid(
                     "snapshot cursor is no longer valid; resync from cursor 0",
                     purged,
@@ -309,7 +310,7 @@ pub async fn changes(
             snapshot(&st, &c, &q.share_id, sh, &after, limit).await?
         }
         From::Log(pos) => {
-            if pos < purged {
+            if pos < purged || super::cursor_expired(&st, &c.tenant_id, pos).await? {
                 return Err(cursor_invalid(
                     format!(
                         "cursor {pos} is older than the change-log retention; resync from cursor 0"
@@ -462,6 +463,9 @@ pub async fn commit_cursor(
     let lag = oldest.map(|t| (now() - t).max(0)).unwrap_or(0);
     metrics::gauge!("scaidrive_sync_cursor_lag_seconds", "device_id" => q.device_id.clone())
         .set(lag as f64);
+    // Lag in positions: how far the committed cursor is behind the tenant's head.
+    metrics::gauge!("scaidrive_sync_cursor_lag_positions", "device_id" => q.device_id.clone())
+        .set((h - pos).max(0) as f64);
     sqlx::query("UPDATE sync_devices SET last_seen_at = ? WHERE tenant_id = ? AND id = ?")
         .bind(now())
         .bind(&c.tenant_id)
@@ -594,6 +598,7 @@ pub async fn chunks_have(
             .bind(ch.index)
             .bind(&hash)
             .bind(expected)
+            .bind(0i64) // at its content address
             .execute(&st.db.pool)
             .await?;
         metrics::counter!("scaidrive_chunks_deduplicated_total", "tenant_id" => c.tenant_id.clone()).increment(1);
@@ -631,6 +636,10 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
             post(super::apply::resolve),
         )
         .route("/api/v1/sync/download/{file_id}", get(download))
+        .route(
+            "/api/v1/sync/preferences",
+            get(super::preferences::get).put(super::preferences::put),
+        )
         .route("/api/v1/sync/ws/{device_id}", get(super::ws::sync_ws))
         .route("/api/v1/realtime/ws", get(super::ws::realtime_ws))
         .route(

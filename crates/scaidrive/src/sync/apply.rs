@@ -32,7 +32,7 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    fn parse(s: &str) -> ApiResult<Strategy> {
+    pub(crate) fn parse(s: &str) -> ApiResult<Strategy> {
         Ok(match s.to_ascii_uppercase().as_str() {
             "LAST_WRITER_WINS" => Strategy::LastWriterWins,
             "KEEP_BOTH" => Strategy::KeepBoth,
@@ -47,7 +47,7 @@ impl Strategy {
             }
         })
     }
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Strategy::LastWriterWins => "LAST_WRITER_WINS",
             Strategy::KeepBoth => "KEEP_BOTH",
@@ -667,9 +667,15 @@ pub async fn apply(
     J(b): J<ApplyBody>,
 ) -> ApiResult<Response> {
     c.require_write()?;
+    // No strategy named: the device's preferred one (sync preferences), else the default.
+    let preferred = match &b.conflict_resolution {
+        Some(_) => None,
+        None => super::preferences::default_strategy(&st.db, &c, &b.device_id).await?,
+    };
     let strategy = Strategy::parse(
         b.conflict_resolution
             .as_deref()
+            .or(preferred.as_deref())
             .unwrap_or("LAST_WRITER_WINS"),
     )?;
     if b.changes.len() > 1000 {

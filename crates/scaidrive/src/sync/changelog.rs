@@ -131,6 +131,10 @@ pub async fn append(conn: &mut AnyConnection, tenant_id: &str, ch: NewChange) ->
     .bind(ch.checksum_sha256.as_deref())
     .execute(&mut *conn)
     .await?;
+    // Counted at append: a transaction rolled back afterwards (rare) leaves these one ahead.
+    metrics::counter!("scaidrive_sync_changelog_appends_total").increment(1);
+    metrics::gauge!("scaidrive_sync_changelog_head_position", "tenant_id" => tenant_id.to_string())
+        .set(position as f64);
     Ok(position)
 }
 

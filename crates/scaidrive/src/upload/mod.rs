@@ -513,18 +513,15 @@ pub async fn put_chunk(
     // The part row is the commit point of the chunk: its bytes are already durable. One
     // transaction (one fsync) for the part and the session's activity time.
     let mut tx = state.db.pool.begin().await?;
-    sqlx::query(if staged {
-        state.db.upsert_staged_part_sql()
-    } else {
-        state.db.upsert_part_sql()
-    })
-    .bind(&c.tenant_id)
-    .bind(&s.id)
-    .bind(index)
-    .bind(&hash)
-    .bind(size)
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query(state.db.upsert_part_sql())
+        .bind(&c.tenant_id)
+        .bind(&s.id)
+        .bind(index)
+        .bind(&hash)
+        .bind(size)
+        .bind(i64::from(staged))
+        .execute(&mut *tx)
+        .await?;
     let ts = now();
     sqlx::query("UPDATE upload_sessions SET last_activity_at = ? WHERE tenant_id = ? AND id = ?")
         .bind(ts)
