@@ -146,8 +146,9 @@ pub async fn run(o: Opts) -> anyhow::Result<()> {
         ("SCAIDRIVE_WS_MAX_PER_USER", "1000000".to_string()),
         ("SCAIDRIVE_WS_MAX_CONNECTIONS", "1000000".to_string()),
         ("SCAIDRIVE_LOG_LEVEL", "WARN".to_string()),
-        // The benchmark measures sync, not the per-user rate limit.
-        ("SCAIDRIVE_RATE_LIMIT_USER_PER_MINUTE", "0".to_string()),
+        // The benchmark measures sync, not the rate limiter (whose per-token budget would
+        // otherwise pace the small-file run).
+        ("SCAIDRIVE_RATE_LIMIT_ENABLED", "false".to_string()),
     ];
     let server = spawn(&o.server_bin, &["serve"], &envs)?;
     wait_up(&base).await?;
@@ -376,7 +377,7 @@ async fn replicas(o: &Opts, tmp: &Path) -> anyhow::Result<(Vec<f64>, usize)> {
             ("SCAIDRIVE_EMBEDDED_AUTH", "1".to_string()),
             ("SCAIDRIVE_BIND", format!("127.0.0.1:{port}")),
             ("SCAIDRIVE_LOG_LEVEL", "WARN".to_string()),
-            ("SCAIDRIVE_RATE_LIMIT_USER_PER_MINUTE", "0".to_string()),
+            ("SCAIDRIVE_RATE_LIMIT_ENABLED", "false".to_string()),
         ]
     };
     let result = async {

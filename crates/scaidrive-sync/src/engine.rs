@@ -10,11 +10,18 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use anyhow::Context;
+use futures::StreamExt;
 use serde_json::{json, Value};
+use sha2::Digest;
 
 use crate::ignore::Ignore;
 use crate::remote::{file_sha256, http_code, Remote};
 use crate::state::{Entry, State};
+
+/// Files pushed at a time (small files are bound by round trips, not bandwidth).
+pub const PARALLEL_FILES: usize = 8;
+/// Files up to this size go up in one request (a simple upload), not through a session.
+pub const SIMPLE_UPLOAD_MAX: u64 = crate::remote::CHUNK_SIZE;
 
 /// What a pass did (0 everywhere: in step).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -28,6 +35,15 @@ pub struct PassReport {
 }
 
 impl PassReport {
+    fn add(&mut self, o: &PassReport) {
+        self.pulled += o.pulled;
+        self.downloaded += o.downloaded;
+        self.uploaded += o.uploaded;
+        self.pushed += o.pushed;
+        self.conflicts += o.conflicts;
+        self.errors += o.errors;
+    }
+
     pub fn quiet(&self) -> bool {
         self.downloaded == 0
             && self.uploaded == 0
@@ -37,12 +53,18 @@ impl PassReport {
     }
 }
 
+/// A finished download: (temp file, version id, sha256).
+type Fetched = (PathBuf, Option<String>, String);
+
 pub struct Engine {
     pub dir: PathBuf,
     pub state: State,
     pub remote: Remote,
     pub device_name: String,
     pub ignore: Ignore,
+    /// Downloads fetched ahead of their turn by `prefetch`: file id → (temp file, version,
+    /// sha256). `fetch_file` takes its file from here when present.
+    prefetched: std::sync::Mutex<HashMap<String, Fetched>>,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +135,7 @@ impl Engine {
         Ok(Engine {
             dir: dir.to_path_buf(),
             ignore: Ignore::load(&dir.join(crate::STATE_DIR).join("ignore")),
+            prefetched: Default::default(),
             state,
             remote,
             device_name,
@@ -276,6 +299,7 @@ impl Engine {
                 }
                 Err(e) => return Err(e),
             };
+            self.prefetch(&changes).await?;
             for ch in &changes {
                 rep.pulled += 1;
                 if let Err(e) = self.apply_remote(ch, rep).await {
@@ -285,6 +309,7 @@ impl Engine {
                     rep.errors += 1;
                 }
             }
+            self.drop_prefetched();
             self.state.set("cursor", &next).await?;
             if !next.starts_with("snap.") {
                 self.remote.commit_cursor(&next).await?;
@@ -296,13 +321,91 @@ impl Engine {
         }
     }
 
+    /// Download, `PARALLEL_FILES` at a time, the files of a page that are new to this folder
+    /// (unknown id, nothing at the path yet) — the bulk of a first sync. They land in temp
+    /// files; applying the changes in log order stays sequential and takes them from there.
+    async fn prefetch(&self, changes: &[Value]) -> anyhow::Result<()> {
+        let mut want: Vec<String> = Vec::new();
+        for ch in changes {
+            if ch["resource_type"] != "file"
+                || !matches!(ch["change_type"].as_str(), Some("created" | "updated"))
+            {
+                continue;
+            }
+            let (Some(id), Some(p)) = (ch["resource_id"].as_str(), ch["new_path"].as_str()) else {
+                continue;
+            };
+            if self.ignore.ignored(p)
+                || std::fs::symlink_metadata(self.local(p)).is_ok()
+                || want.iter().any(|w| w == id)
+                || self.state.by_id(id).await?.is_some()
+            {
+                continue;
+            }
+            want.push(id.to_string());
+        }
+        if want.len() < 2 {
+            return Ok(());
+        }
+        let got: Vec<_> = futures::stream::iter(want.into_iter().map(|id| async move {
+            let tmp = self.tmp();
+            let r = self.remote.download(&id, &tmp).await;
+            (id, tmp, r)
+        }))
+        .buffer_unordered(PARALLEL_FILES)
+        .collect()
+        .await;
+        let mut map = self.prefetched.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, tmp, r) in got {
+            match r {
+                Ok((v, s)) => {
+                    map.insert(id, (tmp, v, s));
+                }
+                // The in-order apply downloads it again (and reports a real error there).
+                Err(_) => {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn take_prefetched(&self, id: &str) -> Option<Fetched> {
+        self.prefetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+    }
+
+    /// Temp files of prefetched downloads no change used (e.g. deleted later in the page).
+    fn drop_prefetched(&self) {
+        for (_, (tmp, _, _)) in self
+            .prefetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+        {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+
     async fn apply_remote(&self, ch: &Value, rep: &mut PassReport) -> anyhow::Result<()> {
         let rt = ch["resource_type"].as_str().unwrap_or("");
         let ct = ch["change_type"].as_str().unwrap_or("");
         let id = ch["resource_id"].as_str().unwrap_or("").to_string();
-        let new_path = ch["new_path"].as_str().map(str::to_string);
+        let mut new_path = ch["new_path"].as_str().map(str::to_string);
         if rt == "share" {
             return Ok(());
+        }
+        if let Some(p) = new_path.take() {
+            if ch["snapshot"] == true || ct == "deleted" {
+                new_path = Some(p);
+            } else {
+                match self.current_path(rt, &id, p).await? {
+                    Some(p) => new_path = Some(p),
+                    None => return Ok(()), // gone on the server; its delete is in the log
+                }
+            }
         }
         if new_path.as_deref().is_some_and(|p| self.ignore.ignored(p)) {
             return Ok(());
@@ -333,16 +436,26 @@ impl Engine {
                 let sha = ch["metadata"]["checksum_sha256"]
                     .as_str()
                     .map(str::to_string);
+                let snapshot = ch["snapshot"] == true;
+                let mut target = p.clone();
                 if let Some(e) = self.state.by_id(&id).await? {
-                    if e.version_id == version && e.path == p {
+                    if e.version_id == version && (e.path == p || !snapshot) {
                         return Ok(()); // our own change, or already applied
                     }
-                    if e.path != p && self.local(&e.path).is_file() && self.clean(&e.path, &e) {
-                        // The file lives elsewhere locally (snapshot/replay): follow it.
-                        self.move_local(&e.path, &p, rep).await?;
+                    if e.path != p {
+                        if !snapshot {
+                            // The log is in order, so a path that differs from ours is stale:
+                            // we moved the file since (pushed), or a later change in this log
+                            // moves it. The content goes where the file is now; following the
+                            // stale path would undo the move and leave the file at two names.
+                            target = e.path.clone();
+                        } else if self.local(&e.path).is_file() && self.clean(&e.path, &e) {
+                            // A snapshot lists the current path: follow it.
+                            self.move_local(&e.path, &p, rep).await?;
+                        }
                     }
                 }
-                self.fetch_file(&id, &p, sha.as_deref(), rep).await?;
+                self.fetch_file(&id, &target, sha.as_deref(), rep).await?;
             }
             (_, "moved") | (_, "renamed") => {
                 let to = new_path.unwrap_or_default();
@@ -385,6 +498,35 @@ impl Engine {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Where the item of a logged change is now. A logged path is the server's path at that
+    /// time; when its parent is not a folder here, a folder above it was moved since — by us
+    /// (moves are pushed before the pull) or later in the log — and following the old path
+    /// would put the item where the server no longer has it. Then the server is asked.
+    /// `None`: deleted since.
+    async fn current_path(&self, rt: &str, id: &str, p: String) -> anyhow::Result<Option<String>> {
+        let parent = parent_of(&p);
+        if parent == "/"
+            || self
+                .state
+                .by_path(parent)
+                .await?
+                .is_some_and(|e| e.is_folder())
+        {
+            return Ok(Some(p));
+        }
+        let url = if rt == "folder" {
+            format!("/api/v1/folders/{id}")
+        } else {
+            format!("/api/v1/files/{id}")
+        };
+        match self.remote.get(&url).await {
+            Ok(v) if v["is_deleted"] == true => Ok(None),
+            Ok(v) => Ok(Some(v["path"].as_str().map(str::to_string).unwrap_or(p))),
+            Err(e) if matches!(http_code(&e), Some((404, _)) | Some((410, _))) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Rename local `from` to `to` (a local item in the way is set aside) and move the state.
@@ -443,15 +585,21 @@ impl Engine {
                 self.set_aside(p, rep).await?;
             }
         }
-        let tmp = self.tmp();
-        let (version, got_sha) = match self.remote.download(id, &tmp).await {
-            Ok(x) => x,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                if matches!(http_code(&e), Some((404, _)) | Some((410, _))) {
-                    return Ok(()); // gone since; its delete follows in the log
+        let pre = self.take_prefetched(id);
+        let (tmp, (version, got_sha)) = match pre {
+            Some((tmp, v, s)) => (tmp, (v, s)),
+            None => {
+                let tmp = self.tmp();
+                match self.remote.download(id, &tmp).await {
+                    Ok(x) => (tmp, x),
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&tmp);
+                        if matches!(http_code(&e), Some((404, _)) | Some((410, _))) {
+                            return Ok(()); // gone since; its delete follows in the log
+                        }
+                        return Err(e);
+                    }
                 }
-                return Err(e);
             }
         };
         if let Some(parent) = lp.parent() {
@@ -532,16 +680,207 @@ impl Engine {
 
     // ---------------- push ----------------
 
-    /// Compare the folder with the agreed state and push the differences.
-    pub async fn push(&self, rep: &mut PassReport) -> anyhow::Result<()> {
-        let local = self.scan()?;
-        let entries: HashMap<String, Entry> = self
+    /// The agreed state as a map by path.
+    async fn entry_map(&self) -> anyhow::Result<BTreeMap<String, Entry>> {
+        Ok(self
             .state
             .entries()
             .await?
             .into_iter()
             .map(|e| (e.path.clone(), e))
+            .collect())
+    }
+
+    /// Push local moves and renames (folders first, then files) so the server keeps the ids.
+    /// Runs before a pull too: a remote edit of a file we renamed then lands on the new name
+    /// instead of bringing the old name back beside it.
+    pub async fn push_moves(&self, rep: &mut PassReport) -> anyhow::Result<()> {
+        let local = self.scan()?;
+        let entries = self.entry_map().await?;
+        let entries = if self.push_folder_moves(&local, &entries, rep).await? {
+            self.entry_map().await?
+        } else {
+            entries
+        };
+        self.push_file_moves(&local, &entries, rep).await
+    }
+
+    /// A vanished folder matched with a new local one holding (mostly) the same items at the
+    /// same relative paths is pushed as one folder move: the folder keeps its id, nothing
+    /// below it travels. Returns whether anything moved.
+    async fn push_folder_moves(
+        &self,
+        local: &BTreeMap<String, Local>,
+        entries: &BTreeMap<String, Entry>,
+        rep: &mut PassReport,
+    ) -> anyhow::Result<bool> {
+        let mut gone: Vec<&Entry> = entries
+            .values()
+            .filter(|e| e.is_folder() && !local.get(&e.path).is_some_and(|l| l.folder))
             .collect();
+        let new: Vec<&String> = local
+            .iter()
+            .filter(|(p, l)| l.folder && !entries.get(*p).is_some_and(Entry::is_folder))
+            .map(|(p, _)| p)
+            .collect();
+        if gone.is_empty() || new.is_empty() {
+            return Ok(false);
+        }
+        gone.sort_by_key(|e| (e.path.matches('/').count(), e.path.clone()));
+        let under = |p: &str| format!("{p}/");
+        let mut moved_from: Vec<String> = Vec::new();
+        let mut used: Vec<String> = Vec::new();
+        for g in gone {
+            if moved_from.iter().any(|m| g.path.starts_with(&under(m))) {
+                continue; // moved with its parent
+            }
+            // What the agreed state had below `g`, relative: (path, folder, size).
+            let prefix = under(&g.path);
+            let items: Vec<(&str, bool, i64)> = entries
+                .range(prefix.clone()..)
+                .take_while(|(p, _)| p.starts_with(&prefix))
+                .map(|(p, e)| (&p[prefix.len() - 1..], e.is_folder(), e.size))
+                .collect();
+            let mut best: Option<(&String, usize)> = None;
+            let mut empty_candidates = Vec::new();
+            for n in &new {
+                if used.iter().any(|u| *n == u || n.starts_with(&under(u))) {
+                    continue;
+                }
+                let nprefix = under(n);
+                let n_items = local
+                    .range(nprefix.clone()..)
+                    .take_while(|(p, _)| p.starts_with(&nprefix))
+                    .count();
+                if items.is_empty() {
+                    if n_items == 0
+                        && (parent_of(n) == parent_of(&g.path) || name_of(n) == name_of(&g.path))
+                    {
+                        empty_candidates.push(*n);
+                    }
+                    continue;
+                }
+                let score = items
+                    .iter()
+                    .filter(|(rel, folder, size)| {
+                        local
+                            .get(&format!("{n}{rel}"))
+                            .is_some_and(|l| l.folder == *folder && (*folder || l.size == *size))
+                    })
+                    .count();
+                // Most of what was there must be here (an edit or two inside is fine), and
+                // most of what is here must come from there.
+                if score == 0 || score * 2 < items.len() || score * 2 < n_items {
+                    continue;
+                }
+                let better = match best {
+                    None => true,
+                    Some((b, s)) => {
+                        score > s
+                            || (score == s
+                                && name_of(n) == name_of(&g.path)
+                                && name_of(b) != name_of(&g.path))
+                    }
+                };
+                if better {
+                    best = Some((n, score));
+                }
+            }
+            let target = match best {
+                Some((n, _)) => n.clone(),
+                None if empty_candidates.len() == 1 => empty_candidates[0].clone(),
+                None => continue,
+            };
+            let r = self
+                .apply_one(json!({"resource_type": "folder", "change_type": "moved", "resource_id": g.resource_id, "new_path": target}))
+                .await;
+            match r {
+                Ok(r) if r["status"] == "applied" => {
+                    let server_path = r["new_path"].as_str().unwrap_or(&target).to_string();
+                    if server_path != target {
+                        // The name was taken on the server: ours got a conflict-copy name.
+                        if self.local(&server_path).exists() {
+                            self.set_aside(&server_path, rep).await?;
+                        }
+                        std::fs::rename(self.local(&target), self.local(&server_path))?;
+                    }
+                    self.state.rename_tree(&g.path, &server_path).await?;
+                    tracing::info!(event = "folder_moved", from = %g.path, to = %server_path);
+                    rep.pushed += 1;
+                    moved_from.push(g.path.clone());
+                    used.push(target);
+                }
+                // Deleted on the server meanwhile (or refused): the plain path below recreates.
+                other => {
+                    tracing::info!(event = "folder_move_not_applied", from = %g.path, to = %target, result = ?other.map_err(|e| format!("{e:#}")))
+                }
+            }
+        }
+        Ok(!moved_from.is_empty())
+    }
+
+    /// A new local file with the bytes of a vanished one is that file moved or renamed.
+    async fn push_file_moves(
+        &self,
+        local: &BTreeMap<String, Local>,
+        entries: &BTreeMap<String, Entry>,
+        rep: &mut PassReport,
+    ) -> anyhow::Result<()> {
+        let mut missing: Vec<&Entry> = entries
+            .values()
+            .filter(|e| !e.is_folder() && local.get(&e.path).is_none_or(|l| l.folder))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for (p, l) in local.iter() {
+            if l.folder || entries.contains_key(p) || !missing.iter().any(|m| m.size == l.size) {
+                continue;
+            }
+            let Ok(sha) = file_sha256(&self.local(p)) else {
+                continue;
+            };
+            let Some(i) = missing
+                .iter()
+                .position(|m| m.sha256.as_deref() == Some(sha.as_str()) && m.size == l.size)
+            else {
+                continue;
+            };
+            let m = missing.remove(i).clone();
+            let r = self.apply_one(json!({"resource_type": "file", "change_type": "moved", "resource_id": m.resource_id, "new_path": p})).await;
+            match r {
+                Ok(r) if r["status"] == "applied" => {
+                    let server_path = r["new_path"].as_str().unwrap_or(p).to_string();
+                    if server_path != *p {
+                        std::fs::rename(self.local(p), self.local(&server_path))?;
+                    }
+                    let meta = std::fs::metadata(self.local(&server_path))?;
+                    self.state.remove(&m.path).await?;
+                    self.state
+                        .put(&Entry {
+                            path: server_path,
+                            size: meta.len() as i64,
+                            mtime: mtime_of(&meta),
+                            ..m
+                        })
+                        .await?;
+                    rep.pushed += 1;
+                }
+                Ok(r) if r["status"] == "skipped" => {
+                    // Deleted on the server meanwhile: the file is uploaded as new.
+                    self.state.remove(&m.path).await?;
+                }
+                other => self.push_failed(p, other, rep),
+            }
+        }
+        Ok(())
+    }
+
+    /// Compare the folder with the agreed state and push the differences.
+    pub async fn push(&self, rep: &mut PassReport) -> anyhow::Result<()> {
+        self.push_moves(rep).await?;
+        let local = self.scan()?;
+        let entries = self.entry_map().await?;
         // 1. New folders, parents first.
         let mut new_dirs: Vec<&String> = local
             .iter()
@@ -549,6 +888,11 @@ impl Engine {
             .map(|(p, _)| p)
             .collect();
         new_dirs.sort_by_key(|p| p.matches('/').count());
+        let mut folder_ids: HashMap<String, String> = entries
+            .values()
+            .filter(|e| e.is_folder())
+            .map(|e| (e.path.clone(), e.resource_id.clone()))
+            .collect();
         for p in new_dirs {
             let r = self
                 .apply_one(
@@ -557,10 +901,11 @@ impl Engine {
                 .await;
             match r {
                 Ok(r) if r["status"] == "applied" => {
+                    let id = r["resource_id"].as_str().unwrap_or("").to_string();
                     self.state
                         .put(&Entry {
                             path: p.clone(),
-                            resource_id: r["resource_id"].as_str().unwrap_or("").into(),
+                            resource_id: id.clone(),
                             kind: "folder".into(),
                             version_id: None,
                             sha256: None,
@@ -568,81 +913,47 @@ impl Engine {
                             mtime: 0,
                         })
                         .await?;
+                    folder_ids.insert(p.clone(), id);
                     rep.pushed += 1;
                 }
                 other => self.push_failed(p, other, rep),
             }
         }
-        // 2. Files: changed, new (or moved), missing.
-        let mut missing: Vec<Entry> = entries
-            .values()
-            .filter(|e| !e.is_folder() && local.get(&e.path).is_none_or(|l| l.folder))
-            .cloned()
+        // 2. Files: changed and new, `PARALLEL_FILES` at a time (small files are bound by
+        // round trips, not bandwidth).
+        let jobs: Vec<(&String, &Local, Option<&Entry>)> = local
+            .iter()
+            .filter(|(_, l)| !l.folder)
+            .filter_map(|(p, l)| match entries.get(p) {
+                Some(e) if !e.is_folder() => (!(e.size == l.size
+                    && e.mtime != 0
+                    && e.mtime == l.mtime))
+                    .then_some((p, l, Some(e))),
+                _ => Some((p, l, None)),
+            })
             .collect();
-        for (p, l) in local.iter().filter(|(_, l)| !l.folder) {
-            match entries.get(p) {
-                Some(e) if !e.is_folder() => {
-                    if e.size == l.size && e.mtime != 0 && e.mtime == l.mtime {
-                        continue;
-                    }
-                    let sha = file_sha256(&self.local(p))?;
-                    if e.sha256.as_deref() == Some(sha.as_str()) {
-                        // Touched, not changed.
-                        let meta = std::fs::metadata(self.local(p))?;
-                        self.state
-                            .put(&Entry {
-                                mtime: mtime_of(&meta),
-                                size: l.size,
-                                ..e.clone()
-                            })
-                            .await?;
-                        continue;
-                    }
-                    self.push_content(p, l, &sha, Some(e), rep).await?;
+        let folder_ids = &folder_ids;
+        let reports: Vec<anyhow::Result<PassReport>> =
+            futures::stream::iter(jobs.into_iter().map(|(p, l, e)| async move {
+                let mut r = PassReport::default();
+                match e {
+                    Some(e) => self.push_edit(p, l, e, &mut r).await?,
+                    None => self.push_new(p, l, folder_ids, &mut r).await?,
                 }
-                _ => {
-                    let sha = file_sha256(&self.local(p))?;
-                    // A missing file with the same bytes: it was moved or renamed.
-                    if let Some(i) = missing
-                        .iter()
-                        .position(|m| m.sha256.as_deref() == Some(sha.as_str()) && m.size == l.size)
-                    {
-                        let m = missing.remove(i);
-                        let r = self.apply_one(json!({"resource_type": "file", "change_type": "moved", "resource_id": m.resource_id, "new_path": p})).await;
-                        match r {
-                            Ok(r) if r["status"] == "applied" => {
-                                let server_path = r["new_path"].as_str().unwrap_or(p).to_string();
-                                if server_path != *p {
-                                    std::fs::rename(self.local(p), self.local(&server_path))?;
-                                }
-                                let meta = std::fs::metadata(self.local(&server_path))?;
-                                self.state.remove(&m.path).await?;
-                                self.state
-                                    .put(&Entry {
-                                        path: server_path,
-                                        size: meta.len() as i64,
-                                        mtime: mtime_of(&meta),
-                                        ..m
-                                    })
-                                    .await?;
-                                rep.pushed += 1;
-                                continue;
-                            }
-                            Ok(r) if r["status"] == "skipped" => {
-                                // Deleted on the server meanwhile: upload as new.
-                                self.state.remove(&m.path).await?;
-                            }
-                            other => {
-                                self.push_failed(p, other, rep);
-                                continue;
-                            }
-                        }
-                    }
-                    self.push_content(p, l, &sha, None, rep).await?;
-                }
-            }
+                anyhow::Ok(r)
+            }))
+            .buffer_unordered(PARALLEL_FILES)
+            .collect()
+            .await;
+        for r in reports {
+            rep.add(&r?);
         }
         // 3. Deletions: files first, then folders deepest first.
+        let entries = self.entry_map().await?;
+        let missing: Vec<&Entry> = entries
+            .values()
+            .filter(|e| !e.is_folder() && local.get(&e.path).is_none_or(|l| l.folder))
+            .collect();
         for m in missing {
             let r = self.apply_one(json!({"resource_type": "file", "change_type": "deleted", "resource_id": m.resource_id, "base_version_id": m.version_id})).await;
             match r {
@@ -676,6 +987,93 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// A known file whose size or mtime changed: record a touch, or push the edit.
+    async fn push_edit(
+        &self,
+        p: &str,
+        l: &Local,
+        e: &Entry,
+        rep: &mut PassReport,
+    ) -> anyhow::Result<()> {
+        let Ok(sha) = file_sha256(&self.local(p)) else {
+            return Ok(()); // gone since the scan: the next pass sees it
+        };
+        if e.sha256.as_deref() == Some(sha.as_str()) {
+            // Touched, not changed.
+            let meta = std::fs::metadata(self.local(p))?;
+            self.state
+                .put(&Entry {
+                    mtime: mtime_of(&meta),
+                    size: l.size,
+                    ..e.clone()
+                })
+                .await?;
+            return Ok(());
+        }
+        self.push_content(p, l, &sha, Some(e), rep).await
+    }
+
+    /// A file the server does not know. One that fits a chunk goes in one request (simple
+    /// upload into its folder); a bigger one, or one whose name is taken on the server, goes
+    /// through a resumable session and `apply` (which settles the name clash as KEEP_BOTH).
+    async fn push_new(
+        &self,
+        p: &str,
+        l: &Local,
+        folder_ids: &HashMap<String, String>,
+        rep: &mut PassReport,
+    ) -> anyhow::Result<()> {
+        let parent = parent_of(p);
+        let folder_id = if parent == "/" {
+            None
+        } else {
+            match folder_ids.get(parent) {
+                Some(id) => Some(id.as_str()),
+                None => {
+                    // Its folder could not be created: reported there, retried next pass.
+                    return Ok(());
+                }
+            }
+        };
+        if l.size as u64 <= SIMPLE_UPLOAD_MAX {
+            let lp = self.local(p);
+            let Ok(data) = std::fs::read(&lp) else {
+                return Ok(()); // gone since the scan
+            };
+            let sha = hex::encode(sha2::Sha256::digest(&data));
+            match self.remote.simple_upload(folder_id, name_of(p), data).await {
+                Ok(node) => {
+                    let meta = std::fs::metadata(&lp)?;
+                    self.state
+                        .put(&Entry {
+                            path: p.to_string(),
+                            resource_id: node["id"].as_str().unwrap_or("").to_string(),
+                            kind: "file".into(),
+                            version_id: node["version_id"].as_str().map(str::to_string),
+                            // What the server stored is what we sent.
+                            sha256: Some(sha),
+                            size: meta.len() as i64,
+                            mtime: mtime_of(&meta),
+                        })
+                        .await?;
+                    rep.uploaded += 1;
+                    return Ok(());
+                }
+                Err(e) if matches!(http_code(&e), Some((409, _))) => {
+                    // Name taken on the server: the session path keeps both.
+                }
+                Err(e) => {
+                    self.push_failed(p, Err(e), rep);
+                    return Ok(());
+                }
+            }
+        }
+        let Ok(sha) = file_sha256(&self.local(p)) else {
+            return Ok(());
+        };
+        self.push_content(p, l, &sha, None, rep).await
     }
 
     fn push_failed(&self, p: &str, r: anyhow::Result<Value>, rep: &mut PassReport) {
@@ -785,6 +1183,7 @@ impl Engine {
         let mut total = PassReport::default();
         for _ in 0..5 {
             let mut rep = PassReport::default();
+            self.push_moves(&mut rep).await?;
             self.pull(&mut rep).await?;
             self.push(&mut rep).await?;
             self.pull(&mut rep).await?;

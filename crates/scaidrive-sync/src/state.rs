@@ -49,7 +49,10 @@ impl State {
             SqliteConnectOptions::from_str(&format!("sqlite://{}", sd.join("state.db").display()))?
                 .create_if_missing(true)
                 .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                .synchronous(sqlx::sqlite::SqliteSynchronous::Full);
+                // WAL + NORMAL: a commit survives a crash of the client; a power cut may lose
+                // the last commits, which only leaves the state behind the disk (reconciled by
+                // content hash on the next scan), never ahead of it. FULL would fsync per file.
+                .synchronous(sqlx::sqlite::SqliteSynchronous::Normal);
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(opts)
