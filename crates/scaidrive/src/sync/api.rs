@@ -536,8 +536,8 @@ pub struct HaveChunk {
     sha256: String,
 }
 
-/// `POST /api/v1/uploads/{session}/chunks/have` `{chunks:[{index, sha256}]}`: every chunk
-/// whose bytes this tenant already stores (referenced by a committed version, or seen in the
+/// `POST /api/v1/uploads/{session}/chunks/have` `{chunks:[{index, sha256}]}`: a chunk this
+/// session already received with that hash, or any chunk whose bytes this tenant already stores (referenced by a committed version, or seen in the
 /// last GC grace period) is attached to the session without any bytes travelling; the answer
 /// lists `missing` indexes to PUT. Only the caller's tenant is looked at, so nothing about
 /// other tenants' content can be learnt.
@@ -553,6 +553,18 @@ pub async fn chunks_have(
         return Err(ApiError::field("chunks", "at most 100000 entries"));
     }
     let grace = now() - st.cfg.gc_grace.as_secs() as i64;
+    // Parts this session already received (their bytes may still be pending under
+    // `uploads/{session}/`, not yet at their content address): a resumed upload must not
+    // send them again.
+    let received: std::collections::HashMap<i64, String> = sqlx::query_as::<_, (i64, String)>(
+        "SELECT idx, hash FROM upload_parts WHERE tenant_id = ? AND session_id = ?",
+    )
+    .bind(&c.tenant_id)
+    .bind(&s.id)
+    .fetch_all(&st.db.pool)
+    .await?
+    .into_iter()
+    .collect();
     let mut have = Vec::new();
     let mut missing = Vec::new();
     for ch in &b.chunks {
@@ -567,6 +579,10 @@ pub async fn chunks_have(
             return Err(ApiError::field("sha256", "must be 64 hex digits"));
         }
         let hash = ch.sha256.to_ascii_lowercase();
+        if received.get(&ch.index) == Some(&hash) {
+            have.push(ch.index);
+            continue;
+        }
         let expected = s.expected_len(ch.index);
         let row: Option<(i64, i64, i64)> = sqlx::query_as(
             "SELECT size, refcount, last_seen FROM chunks WHERE tenant_id = ? AND hash = ?",
