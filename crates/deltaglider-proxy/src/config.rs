@@ -105,6 +105,17 @@ pub struct AdvancedSection {
     pub codec_concurrency: Option<usize>,
     pub max_delta_ratio: Option<f64>,
     pub max_object_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSection>,
+}
+
+/// `advanced.tls`: built-in TLS (`DGP_TLS_ENABLED` / `DGP_TLS_CERT` / `DGP_TLS_KEY` win).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsSection {
+    pub enabled: Option<bool>,
+    pub cert_path: Option<String>,
+    pub key_path: Option<String>,
 }
 
 /// The YAML file.
@@ -151,6 +162,13 @@ pub struct Config {
     pub rate_limit_window_secs: u64,
     pub rate_limit_lockout_secs: u64,
     pub iam_declarative: bool,
+    /// Built-in TLS on the listener; `None` serves plain HTTP.
+    pub tls: Option<crate::tls::TlsSource>,
+    /// `DGP_CORS_PERMISSIVE`: any origin, method and header (development only).
+    pub cors_permissive: bool,
+    /// `DGP_REPLAY_WINDOW_SECS`: a header-signed non-GET/HEAD request whose signature was
+    /// already accepted within this many seconds is refused (0 turns the check off).
+    pub replay_window_secs: u64,
     pub file: FileConfig,
     pub config_path: Option<PathBuf>,
 }
@@ -240,6 +258,37 @@ fn multipart_idle_ttl() -> Result<Option<std::time::Duration>, ProxyError> {
     Ok((!ttl.is_zero()).then_some(ttl))
 }
 
+/// `DGP_TLS_ENABLED` (or `advanced.tls.enabled`) with `DGP_TLS_CERT` / `DGP_TLS_KEY` (or
+/// `cert_path` / `key_path`): both files, or neither for a self-signed certificate kept
+/// under `DGP_DATA_DIR/tls/`.
+fn tls_source(
+    file: TlsSection,
+    data_dir: &Path,
+) -> Result<Option<crate::tls::TlsSource>, ProxyError> {
+    let enabled =
+        env::bool_or("DGP_TLS_ENABLED", file.enabled.unwrap_or(false)).map_err(cfg_err)?;
+    let cert = env::opt_string("DGP_TLS_CERT").or(file.cert_path);
+    let key = env::opt_string("DGP_TLS_KEY").or(file.key_path);
+    if !enabled {
+        if cert.is_some() || key.is_some() {
+            tracing::warn!("DGP_TLS_CERT / DGP_TLS_KEY are set but DGP_TLS_ENABLED is false: serving plain HTTP");
+        }
+        return Ok(None);
+    }
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsSource::Files {
+            cert: PathBuf::from(cert),
+            key: PathBuf::from(key),
+        })),
+        (None, None) => Ok(Some(crate::tls::TlsSource::SelfSigned {
+            dir: data_dir.join("tls"),
+        })),
+        _ => Err(ProxyError::Config(
+            "DGP_TLS_CERT and DGP_TLS_KEY must be set together (or neither, for a self-signed certificate)".into(),
+        )),
+    }
+}
+
 impl Config {
     pub fn from_env() -> Result<Config, ProxyError> {
         let config_path = find_config_file();
@@ -319,6 +368,7 @@ impl Config {
         )
         .map_err(cfg_err)?;
         let multipart_idle_ttl = multipart_idle_ttl()?;
+        let tls = tls_source(adv.tls.clone().unwrap_or_default(), &data_dir)?;
         Ok(Config {
             listen_addr: env::string_or(
                 "DGP_LISTEN_ADDR",
@@ -357,6 +407,9 @@ impl Config {
             rate_limit_lockout_secs: env::parse_or("DGP_RATE_LIMIT_LOCKOUT_SECS", 600u64)
                 .map_err(cfg_err)?,
             iam_declarative: file.access.iam_mode.as_deref() == Some("declarative"),
+            tls,
+            cors_permissive: env::bool_or("DGP_CORS_PERMISSIVE", false).map_err(cfg_err)?,
+            replay_window_secs: env::parse_or("DGP_REPLAY_WINDOW_SECS", 2u64).map_err(cfg_err)?,
             file,
             config_path,
         })
@@ -391,6 +444,9 @@ impl Config {
             rate_limit_window_secs: 300,
             rate_limit_lockout_secs: 600,
             iam_declarative: false,
+            tls: None,
+            cors_permissive: false,
+            replay_window_secs: 2,
             file: FileConfig::default(),
             config_path: None,
         }

@@ -16,6 +16,7 @@ pub mod meta;
 pub mod multipart;
 pub mod s3;
 pub mod state;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -416,26 +417,43 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn(scai_core::request_id::layer))
 }
 
-/// Serves until the process is stopped.
+/// Serves until the process is stopped. One server loop (axum-server) for both plain HTTP
+/// and built-in TLS: only the acceptor differs, so the S3 API, admin API and UI share the
+/// port and every middleware in either mode.
 pub async fn serve(cfg: Config) -> Result<(), ProxyError> {
     scai_core::metrics::install();
     let addr = cfg.listen_addr.clone();
+    // The TLS material is checked before anything else starts, so a bad cert fails fast.
+    let tls = match &cfg.tls {
+        Some(src) => Some(tls::server_config(src, &addr)?),
+        None => None,
+    };
     let state = build_state(cfg).await?;
     if let Some(ttl) = state.cfg.multipart_idle_ttl {
         tokio::spawn(state.multipart.clone().run_sweeper(ttl));
     }
     let app = router(state);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
+    let listener = std::net::TcpListener::bind(&addr)
         .map_err(|e| ProxyError::Startup(format!("DGP_LISTEN_ADDR {addr}: {e}")))?;
-    tracing::info!(addr = %addr, "deltaglider proxy listening");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
+    let server = axum_server::from_tcp(listener)
+        .map_err(|e| ProxyError::Startup(format!("DGP_LISTEN_ADDR {addr}: {e}")))?;
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
-    .map_err(|e| ProxyError::Startup(e.to_string()))
+        h.graceful_shutdown(None);
+    });
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %addr, scheme, "deltaglider proxy listening");
+    let make = app.into_make_service_with_connect_info::<SocketAddr>();
+    let served = match tls {
+        Some(sc) => {
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(
+                axum_server::tls_rustls::RustlsConfig::from_config(sc),
+            );
+            server.acceptor(acceptor).handle(handle).serve(make).await
+        }
+        None => server.handle(handle).serve(make).await,
+    };
+    served.map_err(|e| ProxyError::Startup(e.to_string()))
 }
