@@ -410,11 +410,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         )),
         Duration::from_secs(state.cfg.request_timeout_secs.max(1)),
     );
-    admin::router(state)
+    let cors_permissive = state.cfg.cors_permissive;
+    let app = admin::router(state)
         .fallback_service(svc)
         .layer(axum::middleware::from_fn_with_state(lim, limits))
         .layer(axum::middleware::from_fn(http_metrics))
-        .layer(axum::middleware::from_fn(scai_core::request_id::layer))
+        .layer(axum::middleware::from_fn(scai_core::request_id::layer));
+    if cors_permissive {
+        // Outermost, so preflights are answered before auth (a browser never signs an
+        // OPTIONS) and every response, errors included, carries the CORS headers.
+        tracing::warn!(
+            "DGP_CORS_PERMISSIVE: any origin may call the S3 and admin APIs (development only)"
+        );
+        app.layer(tower_http::cors::CorsLayer::permissive())
+    } else {
+        app
+    }
 }
 
 /// Serves until the process is stopped. One server loop (axum-server) for both plain HTTP

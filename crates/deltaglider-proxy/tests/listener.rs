@@ -252,3 +252,59 @@ async fn tls_with_operator_certificate_serves_s3_and_bad_tls_config_stops_startu
     );
     assert!(bad.logs().contains("DGP_TLS_KEY"), "{}", bad.logs());
 }
+
+/// A browser preflight for a signed PUT, and a simple cross-origin GET.
+async fn cors_probe(base: &str) -> (reqwest::Response, reqwest::Response) {
+    let c = reqwest::Client::new();
+    let pre = c
+        .request(reqwest::Method::OPTIONS, format!("{base}/bkt/a/file.zip"))
+        .header("Origin", "http://ui.example")
+        .header("Access-Control-Request-Method", "PUT")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization,x-amz-date,x-amz-content-sha256",
+        )
+        .send()
+        .await
+        .unwrap();
+    let get = c
+        .get(format!("{base}/_/health"))
+        .header("Origin", "http://ui.example")
+        .send()
+        .await
+        .unwrap();
+    (pre, get)
+}
+
+#[tokio::test]
+async fn cors_permissive_answers_preflights_and_default_sends_no_cors_headers() {
+    let off = start_proxy(None, &[]).await;
+    let (pre, get) = cors_probe(&off.url()).await;
+    assert!(
+        pre.headers().get("access-control-allow-origin").is_none(),
+        "default: no CORS on a preflight: {:?}",
+        pre.headers()
+    );
+    assert!(
+        !pre.status().is_success(),
+        "default: an unsigned OPTIONS is not admitted: {}",
+        pre.status()
+    );
+    assert!(get.headers().get("access-control-allow-origin").is_none());
+
+    let on = start_proxy(None, &[("DGP_CORS_PERMISSIVE", "true".into())]).await;
+    let (pre, get) = cors_probe(&on.url()).await;
+    assert_eq!(pre.status(), 200, "preflight answered before auth");
+    let h = pre.headers();
+    assert_eq!(h["access-control-allow-origin"], "*");
+    assert!(h.contains_key("access-control-allow-methods"), "{h:?}");
+    assert!(h.contains_key("access-control-allow-headers"), "{h:?}");
+    assert_eq!(get.status(), 200);
+    assert_eq!(get.headers()["access-control-allow-origin"], "*");
+    assert!(on.proc.logs().contains("DGP_CORS_PERMISSIVE"));
+    // Signed S3 traffic is unchanged.
+    let c = on.client();
+    c.create_bucket().bucket("bkt").send().await.unwrap();
+    put_bytes(&c, "bkt", "a/file.zip", b"hello").await;
+    assert_eq!(get_bytes(&c, "bkt", "a/file.zip").await, b"hello");
+}
