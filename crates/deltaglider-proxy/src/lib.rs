@@ -260,6 +260,7 @@ pub async fn build_state(cfg: Config) -> Result<Arc<AppState>, ProxyError> {
         engine: Arc::new(engine),
         multipart,
         iam,
+        replay: s3::auth::ReplayGuard::new(cfg.replay_window_secs),
         cfg,
         started: Instant::now(),
     }))
