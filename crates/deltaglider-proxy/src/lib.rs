@@ -384,6 +384,24 @@ async fn limits(
     }
 }
 
+/// Replay bookkeeping around each request: a write that fails (4xx/5xx, e.g. SlowDown)
+/// releases the signature it recorded, so only a replay of an accepted request is refused.
+async fn replay_ticket(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let ticket = s3::auth::ReplayTicket::default();
+    req.extensions_mut().insert(ticket.clone());
+    let resp = next.run(req).await;
+    if resp.status().is_client_error() || resp.status().is_server_error() {
+        if let Some(sig) = ticket.0.lock().take() {
+            state.replay.release(&sig);
+        }
+    }
+    resp
+}
+
 async fn handle_s3_error(err: s3s::HttpError) -> Response {
     tracing::error!(?err, "S3 service error");
     let mut r = Response::new(axum::body::Body::from("Internal Server Error"));
@@ -412,8 +430,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         Duration::from_secs(state.cfg.request_timeout_secs.max(1)),
     );
     let cors_permissive = state.cfg.cors_permissive;
-    let app = admin::router(state)
+    let app = admin::router(state.clone())
         .fallback_service(svc)
+        .layer(axum::middleware::from_fn_with_state(state, replay_ticket))
         .layer(axum::middleware::from_fn_with_state(lim, limits))
         .layer(axum::middleware::from_fn(http_metrics))
         .layer(axum::middleware::from_fn(scai_core::request_id::layer));

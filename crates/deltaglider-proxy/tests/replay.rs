@@ -136,3 +136,22 @@ async fn replay_window_zero_turns_detection_off() {
         "window 0: the same signed PUT is accepted again"
     );
 }
+
+#[tokio::test]
+async fn a_failed_write_leaves_no_mark_so_its_identical_retry_is_not_a_replay() {
+    let p = start_proxy(None, &[("DGP_REPLAY_WINDOW_SECS", "600".into())]).await;
+    // PUT into a bucket that does not exist yet: NoSuchBucket (404), nothing was done.
+    let put = sign(p.port, "PUT", "/later/k.bin", b"body");
+    let (st, body) = send(&put).await;
+    assert_eq!(st, 404, "{body}");
+    p.client()
+        .create_bucket()
+        .bucket("later")
+        .send()
+        .await
+        .unwrap();
+    // The byte-identical retry is processed (as an SDK retry would be), then refused once
+    // it has succeeded.
+    assert_eq!(send(&put).await.0, 200);
+    assert_eq!(send(&put).await.0, 403);
+}

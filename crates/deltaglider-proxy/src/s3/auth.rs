@@ -68,6 +68,12 @@ impl ReplayGuard {
         }
     }
 
+    /// Forgets `sig` (the request that recorded it failed, so a client retry of it is not a
+    /// replay).
+    pub fn release(&self, sig: &str) {
+        self.seen.lock().by_sig.remove(sig);
+    }
+
     /// Records `sig`; false when it was already accepted within the window.
     pub fn admit(&self, sig: &str) -> bool {
         if self.window.is_zero() {
@@ -112,6 +118,13 @@ fn replay_checked_signature(cx: &S3AccessContext<'_>) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Put in the request extensions by the HTTP layer before s3s runs; the access check fills
+/// in the signature it recorded, so that the HTTP layer can release it when the request
+/// fails. Without this, an SDK retry of a throttled or failed write (re-signed within the
+/// same second, hence byte-identical) would be refused as a replay.
+#[derive(Clone, Default)]
+pub struct ReplayTicket(pub Arc<parking_lot::Mutex<Option<String>>>);
+
 pub struct Access(pub Arc<AppState>);
 
 fn header(cx: &S3AccessContext<'_>, name: &str) -> String {
@@ -133,6 +146,7 @@ fn query_param(cx: &S3AccessContext<'_>, name: &str) -> Option<String> {
 impl S3Access for Access {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
         let st = &self.0;
+        let ticket = cx.extensions_mut().get::<ReplayTicket>().cloned();
         let op = cx.s3_op().name();
         let (bucket, key) = match cx.s3_path() {
             S3Path::Root => (String::new(), String::new()),
@@ -181,6 +195,9 @@ impl S3Access for Access {
                     AccessDenied,
                     "Request replay detected: this signature was already used"
                 ));
+            }
+            if let Some(t) = &ticket {
+                *t.0.lock() = Some(sig);
             }
         }
         let principal = Principal::User(Box::new(user));
