@@ -173,6 +173,15 @@ pub struct Config {
     pub config_path: Option<PathBuf>,
 }
 
+/// `DGP_BUILD_TIME` as stamped by the build (release pipelines run
+/// `DGP_BUILD_TIME=$(date -u +%Y-%m-%dT%H:%M:%SZ) cargo build --release`); `unknown` when the
+/// build did not set it. It is read at compile time only: setting it when starting the
+/// binary changes nothing.
+pub const BUILD_TIME: &str = match option_env!("DGP_BUILD_TIME") {
+    Some(t) => t,
+    None => "unknown",
+};
+
 fn cfg_err(e: scai_core::config::ConfigError) -> ProxyError {
     ProxyError::Config(e.to_string())
 }
@@ -184,8 +193,10 @@ fn find_config_file() -> Option<PathBuf> {
     [
         "./deltaglider_proxy.yaml",
         "./deltaglider_proxy.yml",
+        "./deltaglider_proxy.toml",
         "/etc/deltaglider_proxy/config.yaml",
         "/etc/deltaglider_proxy/config.yml",
+        "/etc/deltaglider_proxy/config.toml",
     ]
     .iter()
     .map(PathBuf::from)
@@ -198,8 +209,23 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ProxyError> {
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| ProxyError::Config(format!("{}: {e}", path.display())))?;
-    let fc: FileConfig = serde_yaml::from_str(&text)
-        .map_err(|e| ProxyError::Config(format!("{}: {e}", path.display())))?;
+    let is_toml = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+    let fc: FileConfig = if is_toml {
+        // TOML is still read (same sections and keys as the YAML) but deprecated.
+        let silenced = env::bool_or("DGP_SILENCE_TOML_DEPRECATION", false).map_err(cfg_err)?;
+        if !silenced {
+            tracing::warn!(
+                path = %path.display(),
+                "TOML configuration is deprecated: convert this file to YAML (deltaglider_proxy.yaml, same sections and keys); set DGP_SILENCE_TOML_DEPRECATION=true to silence this warning"
+            );
+        }
+        toml::from_str(&text).map_err(|e| ProxyError::Config(format!("{}: {e}", path.display())))?
+    } else {
+        serde_yaml::from_str(&text)
+            .map_err(|e| ProxyError::Config(format!("{}: {e}", path.display())))?
+    };
     validate_file(&fc)?;
     Ok(fc)
 }

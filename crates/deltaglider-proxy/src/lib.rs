@@ -251,7 +251,12 @@ pub async fn build_state(cfg: Config) -> Result<Arc<AppState>, ProxyError> {
         cfg.max_multipart_uploads,
         cfg.max_total_multipart_bytes,
     )?);
-    metrics::gauge!("deltaglider_build_info", "version" => env!("CARGO_PKG_VERSION"), "backend_type" => engine.backend_kind()).set(1.0);
+    metrics::gauge!("deltaglider_build_info", "version" => env!("CARGO_PKG_VERSION"), "backend_type" => engine.backend_kind(), "build_time" => config::BUILD_TIME).set(1.0);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        build_time = config::BUILD_TIME,
+        "deltaglider-proxy starting"
+    );
     metrics::gauge!("process_start_time_seconds").set(chrono::Utc::now().timestamp() as f64);
     Ok(Arc::new(AppState {
         audit: audit::AuditRing::new(cfg.audit_ring_size),

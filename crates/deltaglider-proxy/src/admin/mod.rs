@@ -263,6 +263,7 @@ async fn whoami(
     Json(json!({
         "mode": if st.cfg.auth_none { "open" } else if st.iam.users.read().len() > 1 { "iam" } else { "bootstrap" },
         "version": env!("CARGO_PKG_VERSION"),
+        "build_time": crate::config::BUILD_TIME,
         "user": if logged_in { json!({"name": "admin", "is_admin": true}) } else { serde_json::Value::Null },
         "external_providers": [],
     }))
