@@ -259,6 +259,38 @@ pub fn validate_file(fc: &FileConfig) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// Non-fatal findings in a file, for the validate dry run (start-up logs the same ones).
+pub fn lint_file(fc: &FileConfig) -> Vec<String> {
+    let mut w = Vec::new();
+    let names: Vec<&str> = fc
+        .storage
+        .backends
+        .iter()
+        .map(|b| b.name.as_str())
+        .collect();
+    for (name, b) in &fc.storage.buckets {
+        if b.public_prefixes.iter().any(|p| p.is_empty()) {
+            w.push(format!(
+                "storage.buckets.{name}: public prefix \"\" makes the whole bucket public"
+            ));
+        }
+        if let Some(be) = &b.backend {
+            if !names.contains(&be.as_str()) {
+                w.push(format!("storage.buckets.{name}: routes to unknown backend {be:?}; the default backend is used"));
+            }
+        }
+    }
+    for b in &fc.storage.backends {
+        if b.encryption.as_ref().is_some_and(|e| e.key.is_some()) {
+            w.push(format!("backend '{}' encryption key was loaded from config file (not DGP_*_ENCRYPTION_KEY)", b.name));
+        }
+    }
+    if fc.advanced.cache_size_mb.is_some_and(|mb| mb < 1024) {
+        w.push("advanced.cache_size_mb below 1024: recommend ≥1024 MB for production".into());
+    }
+    w
+}
+
 /// The multipart idle TTL: `DGP_MULTIPART_IDLE_TTL_SECS` (whole seconds, meant for tests and
 /// tight deployments) wins over `DGP_MULTIPART_IDLE_TTL_HOURS` (default 24, fractions allowed).
 fn multipart_idle_ttl() -> Result<Option<std::time::Duration>, ProxyError> {
