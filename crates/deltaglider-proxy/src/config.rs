@@ -106,6 +106,17 @@ pub struct AdvancedSection {
     pub codec_concurrency: Option<usize>,
     pub max_delta_ratio: Option<f64>,
     pub max_object_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSection>,
+}
+
+/// `advanced.tls`: built-in TLS (`DGP_TLS_ENABLED` / `DGP_TLS_CERT` / `DGP_TLS_KEY` win).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsSection {
+    pub enabled: Option<bool>,
+    pub cert_path: Option<String>,
+    pub key_path: Option<String>,
 }
 
 /// The YAML file.
@@ -154,9 +165,25 @@ pub struct Config {
     pub rate_limit_window_secs: u64,
     pub rate_limit_lockout_secs: u64,
     pub iam_declarative: bool,
+    /// Built-in TLS on the listener; `None` serves plain HTTP.
+    pub tls: Option<crate::tls::TlsSource>,
+    /// `DGP_CORS_PERMISSIVE`: any origin, method and header (development only).
+    pub cors_permissive: bool,
+    /// `DGP_REPLAY_WINDOW_SECS`: a header-signed non-GET/HEAD request whose signature was
+    /// already accepted within this many seconds is refused (0 turns the check off).
+    pub replay_window_secs: u64,
     pub file: FileConfig,
     pub config_path: Option<PathBuf>,
 }
+
+/// `DGP_BUILD_TIME` as stamped by the build (release pipelines run
+/// `DGP_BUILD_TIME=$(date -u +%Y-%m-%dT%H:%M:%SZ) cargo build --release`); `unknown` when the
+/// build did not set it. It is read at compile time only: setting it when starting the
+/// binary changes nothing.
+pub const BUILD_TIME: &str = match option_env!("DGP_BUILD_TIME") {
+    Some(t) => t,
+    None => "unknown",
+};
 
 fn cfg_err(e: scai_core::config::ConfigError) -> ProxyError {
     ProxyError::Config(e.to_string())
@@ -169,8 +196,10 @@ fn find_config_file() -> Option<PathBuf> {
     [
         "./deltaglider_proxy.yaml",
         "./deltaglider_proxy.yml",
+        "./deltaglider_proxy.toml",
         "/etc/deltaglider_proxy/config.yaml",
         "/etc/deltaglider_proxy/config.yml",
+        "/etc/deltaglider_proxy/config.toml",
     ]
     .iter()
     .map(PathBuf::from)
@@ -183,8 +212,23 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ProxyError> {
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| ProxyError::Config(format!("{}: {e}", path.display())))?;
-    let fc: FileConfig = serde_yaml::from_str(&text)
-        .map_err(|e| ProxyError::Config(format!("{}: {e}", path.display())))?;
+    let is_toml = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+    let fc: FileConfig = if is_toml {
+        // TOML is still read (same sections and keys as the YAML) but deprecated.
+        let silenced = env::bool_or("DGP_SILENCE_TOML_DEPRECATION", false).map_err(cfg_err)?;
+        if !silenced {
+            tracing::warn!(
+                path = %path.display(),
+                "TOML configuration is deprecated: convert this file to YAML (deltaglider_proxy.yaml, same sections and keys); set DGP_SILENCE_TOML_DEPRECATION=true to silence this warning"
+            );
+        }
+        toml::from_str(&text).map_err(|e| ProxyError::Config(format!("{}: {e}", path.display())))?
+    } else {
+        serde_yaml::from_str(&text)
+            .map_err(|e| ProxyError::Config(format!("{}: {e}", path.display())))?
+    };
     validate_file(&fc)?;
     Ok(fc)
 }
@@ -218,6 +262,38 @@ pub fn validate_file(fc: &FileConfig) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// Non-fatal findings in a file, for the validate dry run (start-up logs the same ones).
+pub fn lint_file(fc: &FileConfig) -> Vec<String> {
+    let mut w = Vec::new();
+    let names: Vec<&str> = fc
+        .storage
+        .backends
+        .iter()
+        .map(|b| b.name.as_str())
+        .collect();
+    for (name, b) in &fc.storage.buckets {
+        if b.public_prefixes.iter().any(|p| p.is_empty()) {
+            w.push(format!(
+                "storage.buckets.{name}: public prefix \"\" makes the whole bucket public"
+            ));
+        }
+        if let Some(be) = &b.backend {
+            if !names.contains(&be.as_str()) {
+                w.push(format!("storage.buckets.{name}: routes to unknown backend {be:?}; the default backend is used"));
+            }
+        }
+    }
+    for b in &fc.storage.backends {
+        if b.encryption.as_ref().is_some_and(|e| e.key.is_some()) {
+            w.push(format!("backend '{}' encryption key was loaded from config file (not DGP_*_ENCRYPTION_KEY)", b.name));
+        }
+    }
+    if fc.advanced.cache_size_mb.is_some_and(|mb| mb < 1024) {
+        w.push("advanced.cache_size_mb below 1024: recommend ≥1024 MB for production".into());
+    }
+    w
+}
+
 /// The multipart idle TTL: `DGP_MULTIPART_IDLE_TTL_SECS` (whole seconds, meant for tests and
 /// tight deployments) wins over `DGP_MULTIPART_IDLE_TTL_HOURS` (default 24, fractions allowed).
 fn multipart_idle_ttl() -> Result<Option<std::time::Duration>, ProxyError> {
@@ -241,6 +317,37 @@ fn multipart_idle_ttl() -> Result<Option<std::time::Duration>, ProxyError> {
         }
     };
     Ok((!ttl.is_zero()).then_some(ttl))
+}
+
+/// `DGP_TLS_ENABLED` (or `advanced.tls.enabled`) with `DGP_TLS_CERT` / `DGP_TLS_KEY` (or
+/// `cert_path` / `key_path`): both files, or neither for a self-signed certificate kept
+/// under `DGP_DATA_DIR/tls/`.
+fn tls_source(
+    file: TlsSection,
+    data_dir: &Path,
+) -> Result<Option<crate::tls::TlsSource>, ProxyError> {
+    let enabled =
+        env::bool_or("DGP_TLS_ENABLED", file.enabled.unwrap_or(false)).map_err(cfg_err)?;
+    let cert = env::opt_string("DGP_TLS_CERT").or(file.cert_path);
+    let key = env::opt_string("DGP_TLS_KEY").or(file.key_path);
+    if !enabled {
+        if cert.is_some() || key.is_some() {
+            tracing::warn!("DGP_TLS_CERT / DGP_TLS_KEY are set but DGP_TLS_ENABLED is false: serving plain HTTP");
+        }
+        return Ok(None);
+    }
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsSource::Files {
+            cert: PathBuf::from(cert),
+            key: PathBuf::from(key),
+        })),
+        (None, None) => Ok(Some(crate::tls::TlsSource::SelfSigned {
+            dir: data_dir.join("tls"),
+        })),
+        _ => Err(ProxyError::Config(
+            "DGP_TLS_CERT and DGP_TLS_KEY must be set together (or neither, for a self-signed certificate)".into(),
+        )),
+    }
 }
 
 impl Config {
@@ -322,6 +429,7 @@ impl Config {
         )
         .map_err(cfg_err)?;
         let multipart_idle_ttl = multipart_idle_ttl()?;
+        let tls = tls_source(adv.tls.clone().unwrap_or_default(), &data_dir)?;
         Ok(Config {
             listen_addr: env::string_or(
                 "DGP_LISTEN_ADDR",
@@ -365,6 +473,9 @@ impl Config {
             rate_limit_lockout_secs: env::parse_or("DGP_RATE_LIMIT_LOCKOUT_SECS", 600u64)
                 .map_err(cfg_err)?,
             iam_declarative: file.access.iam_mode.as_deref() == Some("declarative"),
+            tls,
+            cors_permissive: env::bool_or("DGP_CORS_PERMISSIVE", false).map_err(cfg_err)?,
+            replay_window_secs: env::parse_or("DGP_REPLAY_WINDOW_SECS", 2u64).map_err(cfg_err)?,
             file,
             config_path,
         })
@@ -400,6 +511,9 @@ impl Config {
             rate_limit_window_secs: 300,
             rate_limit_lockout_secs: 600,
             iam_declarative: false,
+            tls: None,
+            cors_permissive: false,
+            replay_window_secs: 2,
             file: FileConfig::default(),
             config_path: None,
         }

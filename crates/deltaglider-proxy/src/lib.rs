@@ -16,6 +16,7 @@ pub mod meta;
 pub mod multipart;
 pub mod s3;
 pub mod state;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -255,7 +256,12 @@ pub async fn build_state(cfg: Config) -> Result<Arc<AppState>, ProxyError> {
         cfg.max_multipart_uploads,
         cfg.max_total_multipart_bytes,
     )?);
-    metrics::gauge!("deltaglider_build_info", "version" => env!("CARGO_PKG_VERSION"), "backend_type" => engine.backend_kind()).set(1.0);
+    metrics::gauge!("deltaglider_build_info", "version" => env!("CARGO_PKG_VERSION"), "backend_type" => engine.backend_kind(), "build_time" => config::BUILD_TIME).set(1.0);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        build_time = config::BUILD_TIME,
+        "deltaglider-proxy starting"
+    );
     metrics::gauge!("process_start_time_seconds").set(chrono::Utc::now().timestamp() as f64);
     Ok(Arc::new(AppState {
         audit: audit::AuditRing::new(cfg.audit_ring_size),
@@ -264,6 +270,7 @@ pub async fn build_state(cfg: Config) -> Result<Arc<AppState>, ProxyError> {
         engine: Arc::new(engine),
         multipart,
         iam,
+        replay: s3::auth::ReplayGuard::new(cfg.replay_window_secs),
         cfg,
         started: Instant::now(),
     }))
@@ -387,6 +394,24 @@ async fn limits(
     }
 }
 
+/// Replay bookkeeping around each request: a write that fails (4xx/5xx, e.g. SlowDown)
+/// releases the signature it recorded, so only a replay of an accepted request is refused.
+async fn replay_ticket(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let ticket = s3::auth::ReplayTicket::default();
+    req.extensions_mut().insert(ticket.clone());
+    let resp = next.run(req).await;
+    if resp.status().is_client_error() || resp.status().is_server_error() {
+        if let Some(sig) = ticket.0.lock().take() {
+            state.replay.release(&sig);
+        }
+    }
+    resp
+}
+
 async fn handle_s3_error(err: s3s::HttpError) -> Response {
     tracing::error!(?err, "S3 service error");
     let mut r = Response::new(axum::body::Body::from("Internal Server Error"));
@@ -414,33 +439,62 @@ pub fn router(state: Arc<AppState>) -> Router {
         )),
         Duration::from_secs(state.cfg.request_timeout_secs.max(1)),
     );
-    admin::router(state)
+    let cors_permissive = state.cfg.cors_permissive;
+    let app = admin::router(state.clone())
         .fallback_service(svc)
+        .layer(axum::middleware::from_fn_with_state(state, replay_ticket))
         .layer(axum::middleware::from_fn_with_state(lim, limits))
         .layer(axum::middleware::from_fn(http_metrics))
-        .layer(axum::middleware::from_fn(scai_core::request_id::layer))
+        .layer(axum::middleware::from_fn(scai_core::request_id::layer));
+    if cors_permissive {
+        // Outermost, so preflights are answered before auth (a browser never signs an
+        // OPTIONS) and every response, errors included, carries the CORS headers.
+        tracing::warn!(
+            "DGP_CORS_PERMISSIVE: any origin may call the S3 and admin APIs (development only)"
+        );
+        app.layer(tower_http::cors::CorsLayer::permissive())
+    } else {
+        app
+    }
 }
 
-/// Serves until the process is stopped.
+/// Serves until the process is stopped. One server loop (axum-server) for both plain HTTP
+/// and built-in TLS: only the acceptor differs, so the S3 API, admin API and UI share the
+/// port and every middleware in either mode.
 pub async fn serve(cfg: Config) -> Result<(), ProxyError> {
     scai_core::metrics::install();
     let addr = cfg.listen_addr.clone();
+    // The TLS material is checked before anything else starts, so a bad cert fails fast.
+    let tls = match &cfg.tls {
+        Some(src) => Some(tls::server_config(src, &addr)?),
+        None => None,
+    };
     let state = build_state(cfg).await?;
     if let Some(ttl) = state.cfg.multipart_idle_ttl {
         tokio::spawn(state.multipart.clone().run_sweeper(ttl));
     }
     let app = router(state);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
+    let listener = std::net::TcpListener::bind(&addr)
         .map_err(|e| ProxyError::Startup(format!("DGP_LISTEN_ADDR {addr}: {e}")))?;
-    tracing::info!(addr = %addr, "deltaglider proxy listening");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
+    let server = axum_server::from_tcp(listener)
+        .map_err(|e| ProxyError::Startup(format!("DGP_LISTEN_ADDR {addr}: {e}")))?;
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
-    .map_err(|e| ProxyError::Startup(e.to_string()))
+        h.graceful_shutdown(None);
+    });
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %addr, scheme, "deltaglider proxy listening");
+    let make = app.into_make_service_with_connect_info::<SocketAddr>();
+    let served = match tls {
+        Some(sc) => {
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(
+                axum_server::tls_rustls::RustlsConfig::from_config(sc),
+            );
+            server.acceptor(acceptor).handle(handle).serve(make).await
+        }
+        None => server.handle(handle).serve(make).await,
+    };
+    served.map_err(|e| ProxyError::Startup(e.to_string()))
 }

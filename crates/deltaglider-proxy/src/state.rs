@@ -17,6 +17,8 @@ pub struct AppState {
     pub audit: AuditRing,
     pub sessions: crate::admin::Sessions,
     pub login_limiter: crate::admin::LoginLimiter,
+    /// SigV4 replay detection (`DGP_REPLAY_WINDOW_SECS`).
+    pub replay: crate::s3::auth::ReplayGuard,
     pub started: std::time::Instant,
 }
 

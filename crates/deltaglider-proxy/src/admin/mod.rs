@@ -158,6 +158,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/_/api/admin/policies", get(policies))
         .route("/_/api/admin/config/section/{name}", get(config_section))
+        .route("/_/api/admin/config/export", get(config_export))
+        .route("/_/api/admin/config/validate", post(config_validate))
         .with_state(state)
 }
 
@@ -263,6 +265,7 @@ async fn whoami(
     Json(json!({
         "mode": if st.cfg.auth_none { "open" } else if st.iam.users.read().len() > 1 { "iam" } else { "bootstrap" },
         "version": env!("CARGO_PKG_VERSION"),
+        "build_time": crate::config::BUILD_TIME,
         "user": if logged_in { json!({"name": "admin", "is_admin": true}) } else { serde_json::Value::Null },
         "external_providers": [],
     }))
@@ -664,20 +667,17 @@ struct Format {
     format: Option<String>,
 }
 
-async fn config_section(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-    Query(f): Query<Format>,
-) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
+/// The running file config with the live bucket policies.
+fn live_file(st: &AppState) -> crate::config::FileConfig {
     let mut fc = st.cfg.file.clone();
     fc.storage.buckets = st.engine.policies.read().clone();
-    // Secrets never leave through the API (serde skips them).
-    let value = match name.as_str() {
+    fc
+}
+
+/// One section as JSON, secrets redacted (serde skips backend and encryption secrets; user
+/// secrets are blanked to "" as the spec's exports do). `None` for an unknown name.
+fn section_value(fc: &crate::config::FileConfig, name: &str) -> Option<serde_json::Value> {
+    let v = match name {
         "storage" => serde_json::to_value(&fc.storage),
         "access" => {
             let mut a = fc.access.clone();
@@ -688,9 +688,112 @@ async fn config_section(
         }
         "advanced" => serde_json::to_value(&fc.advanced),
         "admission" => Ok(json!({"blocks": []})),
-        _ => return err(StatusCode::NOT_FOUND, "unknown section"),
+        _ => return None,
     };
-    let value = value.unwrap_or_default();
+    Some(v.unwrap_or_default())
+}
+
+/// Canonical form: nulls, empty lists and empty maps are left out (they are the defaults).
+fn prune(v: serde_json::Value) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    match v {
+        Value::Null => None,
+        Value::Array(a) => {
+            let a: Vec<Value> = a.into_iter().filter_map(prune).collect();
+            (!a.is_empty()).then_some(Value::Array(a))
+        }
+        Value::Object(m) => {
+            let m: serde_json::Map<String, Value> = m
+                .into_iter()
+                .filter_map(|(k, v)| prune(v).map(|v| (k, v)))
+                .collect();
+            (!m.is_empty()).then_some(Value::Object(m))
+        }
+        other => Some(other),
+    }
+}
+
+#[derive(Deserialize)]
+struct ExportQuery {
+    section: Option<String>,
+}
+
+const SECTIONS: [&str; 4] = ["admission", "access", "storage", "advanced"];
+
+/// `GET /_/api/admin/config/export[?section=]`: canonical YAML, secrets redacted.
+async fn config_export(
+    State(st): St,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<ExportQuery>,
+) -> Response {
+    if let Err(r) = require_session(&st, &headers, &addr) {
+        return r;
+    }
+    let fc = live_file(&st);
+    let names: Vec<&str> = match q.section.as_deref() {
+        Some(n) if SECTIONS.contains(&n) => vec![n],
+        Some(_) => return err(StatusCode::NOT_FOUND, "unknown section"),
+        None => SECTIONS.to_vec(),
+    };
+    let mut doc = serde_json::Map::new();
+    for n in names {
+        if let Some(v) = section_value(&fc, n).and_then(prune) {
+            doc.insert(n.to_string(), v);
+        }
+    }
+    let y = serde_yaml::to_string(&serde_json::Value::Object(doc)).unwrap_or_default();
+    ([(http::header::CONTENT_TYPE, "application/yaml")], y).into_response()
+}
+
+#[derive(Deserialize)]
+struct ValidateBody {
+    yaml: String,
+}
+
+/// `POST /_/api/admin/config/validate` `{yaml}`: full dry run (parse + the start-up
+/// validation), nothing is applied. Always 200 with `{ok, errors[], warnings[],
+/// requires_restart}`: this proxy reads its file at start only.
+async fn config_validate(
+    State(st): St,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(body): Json<ValidateBody>,
+) -> Response {
+    if let Err(r) = require_session(&st, &headers, &addr) {
+        return r;
+    }
+    let parsed: Result<crate::config::FileConfig, String> =
+        serde_yaml::from_str(&body.yaml).map_err(|e| e.to_string());
+    let result = parsed.and_then(|fc| {
+        crate::config::validate_file(&fc)
+            .map(|_| crate::config::lint_file(&fc))
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(warnings) => Json(json!({
+            "ok": true, "errors": [], "warnings": warnings, "requires_restart": true
+        })),
+        Err(e) => Json(json!({
+            "ok": false, "errors": [e], "warnings": [], "requires_restart": false
+        })),
+    }
+    .into_response()
+}
+
+async fn config_section(
+    State(st): St,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(f): Query<Format>,
+) -> Response {
+    if let Err(r) = require_session(&st, &headers, &addr) {
+        return r;
+    }
+    let Some(value) = section_value(&live_file(&st), &name) else {
+        return err(StatusCode::NOT_FOUND, "unknown section");
+    };
     if f.format.as_deref() == Some("yaml") {
         let y = serde_yaml::to_string(&value).unwrap_or_default();
         return ([(http::header::CONTENT_TYPE, "application/yaml")], y).into_response();

@@ -1,8 +1,11 @@
 //! SigV4 credential lookup (s3s verifies signatures, presigned URLs, chunked payloads and
-//! clock skew) and per-request authorization: IAM for signed requests, public prefixes for
-//! anonymous GET/HEAD/LIST. Unknown keys get the same generic AccessDenied as bad ones.
+//! clock skew), replay detection (`DGP_REPLAY_WINDOW_SECS`) and per-request authorization:
+//! IAM for signed requests, public prefixes for anonymous GET/HEAD/LIST. Unknown keys get the
+//! same generic AccessDenied as bad ones.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
@@ -39,6 +42,89 @@ impl S3Auth for Auth {
     }
 }
 
+/// Replay detection: the signatures of header-signed, state-changing requests accepted in
+/// the last `DGP_REPLAY_WINDOW_SECS`. The same signature again inside the window is a
+/// captured request sent twice and is refused. GET/HEAD (idempotent reads) and presigned
+/// URLs (meant to be reused until they expire) are exempt, as the guide says. Only
+/// signatures that s3s already verified are recorded, so a forger cannot fill the table
+/// to block a legitimate request.
+pub struct ReplayGuard {
+    window: Duration,
+    seen: parking_lot::Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    by_sig: HashMap<String, Instant>,
+    /// Arrival order, to expire old signatures in amortised O(1).
+    order: VecDeque<(Instant, String)>,
+}
+
+impl ReplayGuard {
+    pub fn new(window_secs: u64) -> Self {
+        ReplayGuard {
+            window: Duration::from_secs(window_secs),
+            seen: Default::default(),
+        }
+    }
+
+    /// Forgets `sig` (the request that recorded it failed, so a client retry of it is not a
+    /// replay).
+    pub fn release(&self, sig: &str) {
+        self.seen.lock().by_sig.remove(sig);
+    }
+
+    /// Records `sig`; false when it was already accepted within the window.
+    pub fn admit(&self, sig: &str) -> bool {
+        if self.window.is_zero() {
+            return true;
+        }
+        let now = Instant::now();
+        let mut g = self.seen.lock();
+        while let Some((t, _)) = g.order.front() {
+            if now.duration_since(*t) < self.window {
+                break;
+            }
+            if let Some((t, s)) = g.order.pop_front() {
+                if g.by_sig.get(&s) == Some(&t) {
+                    g.by_sig.remove(&s);
+                }
+            }
+        }
+        if g.by_sig.contains_key(sig) {
+            return false;
+        }
+        g.by_sig.insert(sig.to_string(), now);
+        g.order.push_back((now, sig.to_string()));
+        true
+    }
+}
+
+/// The `Signature=` of a header-signed request that replay detection applies to: not
+/// GET/HEAD, not presigned (no Authorization header).
+fn replay_checked_signature(cx: &S3AccessContext<'_>) -> Option<String> {
+    if matches!(*cx.method(), http::Method::GET | http::Method::HEAD) {
+        return None;
+    }
+    let auth = cx
+        .headers()
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let rest = auth.strip_prefix("AWS4-HMAC-SHA256")?;
+    rest.split(',')
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix("Signature="))
+        .map(str::to_string)
+}
+
+/// Put in the request extensions by the HTTP layer before s3s runs; the access check fills
+/// in the signature it recorded, so that the HTTP layer can release it when the request
+/// fails. Without this, an SDK retry of a throttled or failed write (re-signed within the
+/// same second, hence byte-identical) would be refused as a replay.
+#[derive(Clone, Default)]
+pub struct ReplayTicket(pub Arc<parking_lot::Mutex<Option<String>>>);
+
 pub struct Access(pub Arc<AppState>);
 
 fn header(cx: &S3AccessContext<'_>, name: &str) -> String {
@@ -60,6 +146,7 @@ fn query_param(cx: &S3AccessContext<'_>, name: &str) -> Option<String> {
 impl S3Access for Access {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
         let st = &self.0;
+        let ticket = cx.extensions_mut().get::<ReplayTicket>().cloned();
         let op = cx.s3_op().name();
         let (bucket, key) = match cx.s3_path() {
             S3Path::Root => (String::new(), String::new()),
@@ -97,6 +184,22 @@ impl S3Access for Access {
         let Some(user) = st.iam.user_by_key(&creds.access_key) else {
             return Err(s3_error!(AccessDenied, "Access Denied"));
         };
+        if let Some(sig) = replay_checked_signature(cx) {
+            if !st.replay.admit(&sig) {
+                metrics::counter!("deltaglider_auth_failures_total", "reason" => "replay")
+                    .increment(1);
+                st.audit
+                    .record("replay_rejected", &user.name, op, &ip, &ua, &bucket, &key);
+                tracing::warn!(user = %user.name, op, "SigV4 replay refused: the same signature was accepted within DGP_REPLAY_WINDOW_SECS");
+                return Err(s3_error!(
+                    AccessDenied,
+                    "Request replay detected: this signature was already used"
+                ));
+            }
+            if let Some(t) = &ticket {
+                *t.0.lock() = Some(sig);
+            }
+        }
         let principal = Principal::User(Box::new(user));
         let action = Action::of_op(op);
         let ok = match (op, cx.s3_path()) {
@@ -123,5 +226,23 @@ impl S3Access for Access {
         }
         cx.extensions_mut().insert(principal);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReplayGuard;
+
+    #[test]
+    fn replay_guard_refuses_a_signature_seen_within_the_window_only() {
+        let g = ReplayGuard::new(600);
+        assert!(g.admit("sig-a"));
+        assert!(!g.admit("sig-a"), "same signature inside the window");
+        assert!(g.admit("sig-b"), "another signature is fresh");
+        let off = ReplayGuard::new(0);
+        assert!(
+            off.admit("sig-a") && off.admit("sig-a"),
+            "window 0 turns it off"
+        );
     }
 }

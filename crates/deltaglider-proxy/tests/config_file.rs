@@ -1,0 +1,258 @@
+//! Config-file formats and build stamp through the real binary: a TOML file is still read
+//! (same sections as the YAML) with a deprecation warning that `DGP_SILENCE_TOML_DEPRECATION`
+//! silences; `DGP_BUILD_TIME` (compile-time) shows in whoami and `deltaglider_build_info`.
+
+mod common;
+
+use common::*;
+
+const TOML: &str = r#"
+[storage.buckets.tomlpub]
+public = true
+"#;
+
+/// Starts a proxy on a TOML file making `tomlpub` public; returns it after checking that an
+/// anonymous GET is admitted (the file was applied) and a signed PUT landed first.
+async fn start_with_toml(extra: &[(&str, String)]) -> (Proxy, tempfile::TempDir) {
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("deltaglider_proxy.toml");
+    std::fs::write(&cfg, TOML).unwrap();
+    let mut env = vec![("DGP_CONFIG", cfg.to_str().unwrap().to_string())];
+    env.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+    let p = start_proxy(None, &env).await;
+    let c = p.client();
+    c.create_bucket().bucket("tomlpub").send().await.unwrap();
+    put_bytes(&c, "tomlpub", "x/readme.txt", b"public bytes").await;
+    let r = reqwest::get(format!("{}/tomlpub/x/readme.txt", p.url()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the TOML bucket policy is applied");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"public bytes");
+    (p, cfg_dir)
+}
+
+#[tokio::test]
+async fn toml_config_is_read_with_a_deprecation_warning_that_can_be_silenced() {
+    let (p, _d) = start_with_toml(&[]).await;
+    assert!(
+        p.proc.logs().contains("TOML configuration is deprecated"),
+        "{}",
+        p.proc.logs()
+    );
+    let (q, _d2) = start_with_toml(&[("DGP_SILENCE_TOML_DEPRECATION", "true".into())]).await;
+    assert!(
+        !q.proc.logs().contains("TOML configuration is deprecated"),
+        "{}",
+        q.proc.logs()
+    );
+    // Without the file the bucket is private: the anonymous GET above proved the file.
+    let r = start_proxy(None, &[]).await;
+    let c = r.client();
+    c.create_bucket().bucket("tomlpub").send().await.unwrap();
+    put_bytes(&c, "tomlpub", "x/readme.txt", b"private").await;
+    let g = reqwest::get(format!("{}/tomlpub/x/readme.txt", r.url()))
+        .await
+        .unwrap();
+    assert_eq!(g.status(), 403);
+}
+
+#[tokio::test]
+async fn build_time_is_reported_by_whoami_metrics_and_the_start_log() {
+    // The value the build stamped (the test is compiled by the same cargo invocation).
+    let expected = option_env!("DGP_BUILD_TIME").unwrap_or("unknown");
+    let p = start_proxy(None, &[]).await;
+    let who: serde_json::Value = reqwest::get(format!("{}/_/api/whoami", p.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(who["build_time"], expected, "{who}");
+    let m = reqwest::get(format!("{}/_/metrics", p.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = m
+        .lines()
+        .find(|l| l.starts_with("deltaglider_build_info{"))
+        .unwrap_or_else(|| panic!("{m}"));
+    assert!(
+        line.contains(&format!("build_time=\"{expected}\"")),
+        "{line}"
+    );
+    assert!(p.proc.logs().contains("deltaglider-proxy starting"));
+}
+
+/// Logs in with the bootstrap password; returns the session cookie.
+async fn admin_cookie(http: &reqwest::Client, base: &str, pw: &str) -> String {
+    let ok = http
+        .post(format!("{base}/_/api/admin/login"))
+        .json(&serde_json::json!({ "password": pw }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    ok.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn admin_config_export_section_and_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg.yaml");
+    std::fs::write(
+        &cfg,
+        r#"
+access:
+  iam_users:
+    - name: ci
+      access_key_id: CIKEY
+      secret_access_key: CI-SUPER-SECRET
+      permissions: [{effect: Allow, actions: ["*"], resources: ["*"]}]
+storage:
+  buckets:
+    releases:
+      public_prefixes: [builds/public/]
+"#,
+    )
+    .unwrap();
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    let p = start_proxy(
+        None,
+        &[
+            ("DGP_CONFIG", cfg.to_str().unwrap().into()),
+            ("DGP_BOOTSTRAP_PASSWORD_HASH", hash),
+            ("DGP_SECURE_COOKIES", "false".into()),
+        ],
+    )
+    .await;
+    let base = p.url();
+    let http = reqwest::Client::new();
+    // Session required.
+    let r = http
+        .get(format!("{base}/_/api/admin/config/export"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let cookie = admin_cookie(&http, &base, "pw").await;
+    let get = |path: String| {
+        let http = http.clone();
+        let cookie = cookie.clone();
+        let base = base.clone();
+        async move {
+            http.get(format!("{base}{path}"))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    // Export: canonical YAML, secrets redacted, defaults (empty/null) left out.
+    let r = get("/_/api/admin/config/export".into()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/yaml");
+    let y = r.text().await.unwrap();
+    assert!(!y.contains("CI-SUPER-SECRET"), "{y}");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
+    assert_eq!(
+        doc["storage"]["buckets"]["releases"]["public_prefixes"][0],
+        "builds/public/"
+    );
+    assert_eq!(doc["access"]["iam_users"][0]["access_key_id"], "CIKEY");
+    assert_eq!(doc["access"]["iam_users"][0]["secret_access_key"], "");
+    assert!(
+        doc.get("admission").is_none(),
+        "empty sections are left out: {y}"
+    );
+    assert!(!y.contains("null"), "{y}");
+    // One section only; unknown section → 404.
+    let y = get("/_/api/admin/config/export?section=storage".into())
+        .await
+        .text()
+        .await
+        .unwrap();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
+    assert!(
+        doc.get("storage").is_some() && doc.get("access").is_none(),
+        "{y}"
+    );
+    assert_eq!(
+        get("/_/api/admin/config/export?section=nope".into())
+            .await
+            .status(),
+        404
+    );
+    // Section endpoint: JSON and YAML; other names 404.
+    let s: serde_json::Value = get("/_/api/admin/config/section/storage".into())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        s["buckets"]["releases"]["public_prefixes"][0],
+        "builds/public/"
+    );
+    let r = get("/_/api/admin/config/section/access?format=yaml".into()).await;
+    assert_eq!(r.headers()["content-type"], "application/yaml");
+    assert!(!r.text().await.unwrap().contains("CI-SUPER-SECRET"));
+    assert_eq!(
+        get("/_/api/admin/config/section/secrets".into())
+            .await
+            .status(),
+        404
+    );
+
+    // Validate: a dry run with warnings, an invalid document, and nothing applied.
+    let validate = |yaml: &str| {
+        let http = http.clone();
+        let cookie = cookie.clone();
+        let yaml = yaml.to_string();
+        let base = base.clone();
+        async move {
+            let r = http
+                .post(format!("{base}/_/api/admin/config/validate"))
+                .header("cookie", cookie)
+                .json(&serde_json::json!({ "yaml": yaml }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let v = validate(
+        "storage:\n  buckets:\n    open:\n      public_prefixes: [\"\"]\n      backend: nowhere\n",
+    )
+    .await;
+    assert_eq!(v["ok"], true, "{v}");
+    let w = v["warnings"].to_string();
+    assert!(
+        w.contains("whole bucket public") && w.contains("unknown backend"),
+        "{v}"
+    );
+    let v =
+        validate("storage:\n  buckets:\n    b:\n      public: true\n      public_prefixes: [x/]\n")
+            .await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v["errors"][0].as_str().unwrap().contains("not both"), "{v}");
+    let v = validate("storage: [not, a, map]").await;
+    assert_eq!(v["ok"], false, "{v}");
+    let s: serde_json::Value = get("/_/api/admin/config/section/storage".into())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        s["buckets"].get("open").is_none(),
+        "validate applies nothing: {s}"
+    );
+}
