@@ -110,6 +110,25 @@ fn client_ip(st: &AppState, headers: &HeaderMap, addr: &SocketAddr) -> String {
     addr.ip().to_string()
 }
 
+/// Record an IAM change made through the admin API in the audit ring.
+fn audit_iam_change(
+    st: &AppState,
+    action: &str,
+    target: &str,
+    headers: &HeaderMap,
+    addr: &SocketAddr,
+) {
+    st.audit.record(
+        action,
+        "admin",
+        target,
+        &client_ip(st, headers, addr),
+        "",
+        "",
+        "",
+    );
+}
+
 fn cookie_token(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(http::header::COOKIE)
@@ -435,15 +454,7 @@ async fn create_user(
         }
         users.insert(u.access_key_id.clone(), u.clone());
     }
-    st.audit.record(
-        "user_create",
-        "admin",
-        &u.name,
-        &client_ip(&st, &headers, &addr),
-        "",
-        "",
-        "",
-    );
+    audit_iam_change(&st, "user_create", &u.name, &headers, &addr);
     let mut v = redacted(&u);
     v["secret_access_key"] = json!(u.secret_access_key);
     (StatusCode::CREATED, Json(v)).into_response()
@@ -486,15 +497,7 @@ async fn update_user(
     users.remove(&id);
     users.insert(u.access_key_id.clone(), u.clone());
     drop(users);
-    st.audit.record(
-        "user_update",
-        "admin",
-        &u.name,
-        &client_ip(&st, &headers, &addr),
-        "",
-        "",
-        "",
-    );
+    audit_iam_change(&st, "user_update", &u.name, &headers, &addr);
     Json(redacted(&u)).into_response()
 }
 
@@ -517,15 +520,7 @@ async fn delete_user(
         }
         users.remove(&id);
     }
-    st.audit.record(
-        "user_delete",
-        "admin",
-        &id,
-        &client_ip(&st, &headers, &addr),
-        "",
-        "",
-        "",
-    );
+    audit_iam_change(&st, "user_delete", &id, &headers, &addr);
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -566,15 +561,7 @@ async fn create_group(
         }
         groups.insert(g.name.clone(), g.clone());
     }
-    st.audit.record(
-        "group_create",
-        "admin",
-        &g.name,
-        &client_ip(&st, &headers, &addr),
-        "",
-        "",
-        "",
-    );
+    audit_iam_change(&st, "group_create", &g.name, &headers, &addr);
     (StatusCode::CREATED, Json(g)).into_response()
 }
 
@@ -611,15 +598,7 @@ async fn update_group(
         groups.remove(&name);
         groups.insert(g.name.clone(), g.clone());
     }
-    st.audit.record(
-        "group_update",
-        "admin",
-        &g.name,
-        &client_ip(&st, &headers, &addr),
-        "",
-        "",
-        "",
-    );
+    audit_iam_change(&st, "group_update", &g.name, &headers, &addr);
     Json(g).into_response()
 }
 
@@ -642,15 +621,7 @@ async fn delete_group(
         }
         groups.remove(&name);
     }
-    st.audit.record(
-        "group_delete",
-        "admin",
-        &name,
-        &client_ip(&st, &headers, &addr),
-        "",
-        "",
-        "",
-    );
+    audit_iam_change(&st, "group_delete", &name, &headers, &addr);
     StatusCode::NO_CONTENT.into_response()
 }
 
