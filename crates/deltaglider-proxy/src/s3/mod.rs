@@ -152,6 +152,30 @@ impl Proxy {
             .unwrap_or(Principal::Anonymous)
     }
 
+    /// The (bucket, key) of a copy source the principal may read; `op` names the operation in
+    /// the audit record of a denial.
+    fn readable_copy_source(
+        &self,
+        p: &Principal,
+        src: &CopySource,
+        op: &str,
+    ) -> S3Result<(String, String)> {
+        let (sb, sk) = match src {
+            CopySource::Bucket { bucket, key, .. } => (bucket.to_string(), key.to_string()),
+            _ => {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::NotImplemented,
+                    "access point copy sources are not supported",
+                ))
+            }
+        };
+        if !self.state.allowed(p, Action::Read, &sb, &sk) {
+            self.state.audit_denial(p, op, &sb, &sk);
+            return Err(S3Error::new(S3ErrorCode::AccessDenied));
+        }
+        Ok((sb, sk))
+    }
+
     fn debug_headers(&self, headers: &mut http::HeaderMap, r: &Resolved, cache: Option<bool>) {
         if !self.state.cfg.debug_headers {
             return;
@@ -574,19 +598,7 @@ impl S3 for Proxy {
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         let p = Self::principal(&req);
         let input = req.input;
-        let (sb, sk) = match &input.copy_source {
-            CopySource::Bucket { bucket, key, .. } => (bucket.to_string(), key.to_string()),
-            _ => {
-                return Err(S3Error::with_message(
-                    S3ErrorCode::NotImplemented,
-                    "access point copy sources are not supported",
-                ))
-            }
-        };
-        if !self.state.allowed(&p, Action::Read, &sb, &sk) {
-            self.state.audit_denial(&p, "CopyObject", &sb, &sk);
-            return Err(S3Error::new(S3ErrorCode::AccessDenied));
-        }
+        let (sb, sk) = self.readable_copy_source(&p, &input.copy_source, "CopyObject")?;
         let r = self.state.engine.resolve(&sb, &sk).await.map_err(perr)?;
         check_conditions(
             &r,
@@ -789,19 +801,7 @@ impl S3 for Proxy {
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
         let p = Self::principal(&req);
         let i = req.input;
-        let (sb, sk) = match &i.copy_source {
-            CopySource::Bucket { bucket, key, .. } => (bucket.to_string(), key.to_string()),
-            _ => {
-                return Err(S3Error::with_message(
-                    S3ErrorCode::NotImplemented,
-                    "access point copy sources are not supported",
-                ))
-            }
-        };
-        if !self.state.allowed(&p, Action::Read, &sb, &sk) {
-            self.state.audit_denial(&p, "UploadPartCopy", &sb, &sk);
-            return Err(S3Error::new(S3ErrorCode::AccessDenied));
-        }
+        let (sb, sk) = self.readable_copy_source(&p, &i.copy_source, "UploadPartCopy")?;
         // The upload must exist before the source is read (NoSuchUpload wins).
         self.state
             .multipart
