@@ -107,6 +107,8 @@ pub struct AdvancedSection {
     pub max_delta_ratio: Option<f64>,
     pub max_object_size: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_sync_bucket: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSection>,
 }
 
@@ -172,6 +174,11 @@ pub struct Config {
     /// `DGP_REPLAY_WINDOW_SECS`: a header-signed non-GET/HEAD request whose signature was
     /// already accepted within this many seconds is refused (0 turns the check off).
     pub replay_window_secs: u64,
+    /// `DGP_CONFIG_SYNC_BUCKET` (or `advanced.config_sync_bucket`): upstream bucket that
+    /// carries the admin-API IAM overlay between instances (S3 backend only).
+    pub config_sync_bucket: Option<String>,
+    /// `DGP_CONFIG_SYNC_INTERVAL_SECS`: how often the sync object is polled (min 1).
+    pub config_sync_interval_secs: u64,
     pub file: FileConfig,
     pub config_path: Option<PathBuf>,
 }
@@ -476,6 +483,12 @@ impl Config {
             tls,
             cors_permissive: env::bool_or("DGP_CORS_PERMISSIVE", false).map_err(cfg_err)?,
             replay_window_secs: env::parse_or("DGP_REPLAY_WINDOW_SECS", 2u64).map_err(cfg_err)?,
+            config_sync_bucket: env::opt_string("DGP_CONFIG_SYNC_BUCKET")
+                .or(file.advanced.config_sync_bucket.clone())
+                .filter(|b| !b.is_empty()),
+            config_sync_interval_secs: env::parse_or("DGP_CONFIG_SYNC_INTERVAL_SECS", 30u64)
+                .map_err(cfg_err)?
+                .max(1),
             file,
             config_path,
         })
@@ -514,6 +527,8 @@ impl Config {
             tls: None,
             cors_permissive: false,
             replay_window_secs: 2,
+            config_sync_bucket: None,
+            config_sync_interval_secs: 30,
             file: FileConfig::default(),
             config_path: None,
         }

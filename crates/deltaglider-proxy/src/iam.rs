@@ -133,6 +133,9 @@ pub struct Iam {
     /// Where admin-API user changes are persisted (absent in declarative mode, where the
     /// YAML is the only source of truth and the API refuses mutations).
     pub admin_store: Option<AdminStore>,
+    /// The configured (YAML/bootstrap) users and groups before any overlay: an overlay
+    /// pulled from the sync bucket (see [`crate::config_sync`]) is re-applied over these.
+    base: (BTreeMap<String, UserSpec>, BTreeMap<String, GroupSpec>),
 }
 
 /// Outcome of an evaluation.
@@ -160,6 +163,7 @@ impl Iam {
 
     /// Attaches the admin-API store and applies what it holds over the configured users.
     pub fn attach_store(&mut self, store: AdminStore) {
+        self.base = (self.users.read().clone(), self.groups.read().clone());
         let overlay = store.overlay();
         overlay.apply(&mut self.users.write());
         overlay.apply_groups(&mut self.groups.write());
@@ -202,6 +206,32 @@ impl Iam {
             Some(s) => s.record_group(old_name, group),
             None => Ok(()),
         }
+    }
+
+    /// Replaces the whole overlay with one written by another instance (last writer wins):
+    /// durably into the local `iam.json` first, then in memory over the configured users
+    /// and groups. Returns false (nothing changed) when it equals the current overlay, or
+    /// when the current overlay is no longer `seen` (a local change not yet uploaded wins).
+    pub fn replace_overlay(
+        &self,
+        next: AdminOverlay,
+        seen: &AdminOverlay,
+    ) -> Result<bool, ProxyError> {
+        let Some(store) = &self.admin_store else {
+            return Ok(false);
+        };
+        // Lock order users -> groups -> store, as the admin handlers take them.
+        let mut users = self.users.write();
+        let mut groups = self.groups.write();
+        if !store.replace(next.clone(), seen)? {
+            return Ok(false);
+        }
+        let (mut u, mut g) = self.base.clone();
+        next.apply(&mut u);
+        next.apply_groups(&mut g);
+        *users = u;
+        *groups = g;
+        Ok(true)
     }
 
     pub fn user_by_key(&self, access_key: &str) -> Option<UserSpec> {
@@ -272,7 +302,7 @@ impl Iam {
 /// updated through `/_/api/admin/users` (by access key) and access keys it deleted, and the
 /// same for groups (by name). Applied over the YAML/bootstrap users and YAML groups at start,
 /// so YAML edits to entities the API never touched still take effect.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AdminOverlay {
     pub version: u32,
@@ -320,6 +350,9 @@ impl AdminOverlay {
 pub struct AdminStore {
     path: PathBuf,
     overlay: Mutex<AdminOverlay>,
+    /// Signalled after every local admin-API change (not after [`AdminStore::replace`]), so
+    /// the sync uploader pushes the new overlay; a pending permit coalesces bursts.
+    pub changed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl AdminStore {
@@ -335,6 +368,7 @@ impl AdminStore {
         Ok(AdminStore {
             path,
             overlay: Mutex::new(overlay),
+            changed: Default::default(),
         })
     }
 
@@ -391,7 +425,20 @@ impl AdminStore {
         f(&mut next);
         write_private_atomic(&self.path, &next)?;
         *cur = next;
+        self.changed.notify_one();
         Ok(())
+    }
+
+    /// Replaces the whole overlay durably if it is still `seen`; false (nothing written)
+    /// when it is unchanged or changed meanwhile.
+    pub fn replace(&self, next: AdminOverlay, seen: &AdminOverlay) -> Result<bool, ProxyError> {
+        let mut cur = self.overlay.lock();
+        if *cur == next || *cur != *seen {
+            return Ok(false);
+        }
+        write_private_atomic(&self.path, &next)?;
+        *cur = next;
+        Ok(true)
     }
 }
 

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod backend;
 pub mod bench;
 pub mod config;
+pub mod config_sync;
 pub mod crypto;
 pub mod delta;
 pub mod error;
@@ -469,7 +470,9 @@ pub async fn serve(cfg: Config) -> Result<(), ProxyError> {
         Some(src) => Some(tls::server_config(src, &addr)?),
         None => None,
     };
+    config_sync::validate(&cfg)?;
     let state = build_state(cfg).await?;
+    config_sync::start(state.clone()).await?;
     if let Some(ttl) = state.cfg.multipart_idle_ttl {
         tokio::spawn(state.multipart.clone().run_sweeper(ttl));
     }
