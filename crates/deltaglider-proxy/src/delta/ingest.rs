@@ -10,6 +10,8 @@
 //! - Chunks travel in batches of about [`BATCH`] bytes (shared, not copied): a body arrives
 //!   in chunks of a few KiB, and a thread wake-up per chunk per consumer would cost more
 //!   than the hashing.
+//! - MD5 (the ETag) uses AWS-LC's assembly ([`FastMd5`]): it is serial and the longest
+//!   stage of a passthrough PUT.
 //! - Delta-eligible bodies are kept in memory (they are bounded by `DGP_MAX_OBJECT_SIZE`
 //!   and the codec needs them whole anyway) instead of being written to a temp file and
 //!   read back.
@@ -18,8 +20,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use md5::Digest as _;
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -70,13 +71,83 @@ fn sha256_consumer() -> Consumer<String> {
     })
 }
 
+/// Incremental MD5 on AWS-LC's assembly implementation. MD5 cannot be parallelised and
+/// is the longest stage of a passthrough PUT (the pure-Rust `md-5` did ~530 MB/s on the
+/// bench machine, OpenSSL-style assembly ~760 MB/s).
+pub struct FastMd5(Md5Impl);
+
+enum Md5Impl {
+    /// An initialised AWS-LC digest context (owned; freed on drop).
+    Lc(*mut aws_lc_sys::EVP_MD_CTX),
+    /// Fallback if AWS-LC could not allocate a context.
+    Soft(md5::Md5),
+}
+
+impl FastMd5 {
+    pub fn new() -> Self {
+        // SAFETY: a fresh context is initialised for MD5 before use and freed on failure.
+        unsafe {
+            let ctx = aws_lc_sys::EVP_MD_CTX_new();
+            if !ctx.is_null() {
+                if aws_lc_sys::EVP_DigestInit_ex(ctx, aws_lc_sys::EVP_md5(), std::ptr::null_mut())
+                    == 1
+                {
+                    return FastMd5(Md5Impl::Lc(ctx));
+                }
+                aws_lc_sys::EVP_MD_CTX_free(ctx);
+            }
+        }
+        FastMd5(Md5Impl::Soft(<md5::Md5 as md5::Digest>::new()))
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        match &mut self.0 {
+            // SAFETY: the context is initialised; `data` is a valid slice. MD5 updates
+            // cannot fail.
+            Md5Impl::Lc(ctx) => unsafe {
+                aws_lc_sys::EVP_DigestUpdate(*ctx, data.as_ptr().cast(), data.len());
+            },
+            Md5Impl::Soft(h) => md5::Digest::update(h, data),
+        }
+    }
+
+    pub fn finalize_hex(mut self) -> String {
+        match &mut self.0 {
+            Md5Impl::Lc(ctx) => {
+                let (mut out, mut n) = ([0u8; 16], 0u32);
+                // SAFETY: `out` has room for the 16-byte MD5 digest.
+                unsafe {
+                    aws_lc_sys::EVP_DigestFinal_ex(*ctx, out.as_mut_ptr(), &mut n);
+                }
+                hex::encode(out)
+            }
+            Md5Impl::Soft(h) => hex::encode(md5::Digest::finalize_reset(h)),
+        }
+    }
+}
+
+impl Drop for FastMd5 {
+    fn drop(&mut self) {
+        if let Md5Impl::Lc(ctx) = self.0 {
+            // SAFETY: allocated by EVP_MD_CTX_new, freed once.
+            unsafe { aws_lc_sys::EVP_MD_CTX_free(ctx) }
+        }
+    }
+}
+
+impl Default for FastMd5 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 fn md5_consumer() -> Consumer<String> {
     consumer(QUEUE, |mut rx| {
-        let mut h = md5::Md5::new();
+        let mut h = FastMd5::new();
         while let Some(b) = rx.blocking_recv() {
             b.iter().for_each(|c| h.update(c));
         }
-        Ok(hex::encode(h.finalize()))
+        Ok(h.finalize_hex())
     })
 }
 
@@ -346,6 +417,21 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(v.digests.sha256, "given");
+    }
+
+    #[test]
+    fn fast_md5_matches_md5_crate_across_chunk_boundaries() {
+        use md5::Digest as _;
+        let data: Vec<u8> = (0..200_003u32).map(|i| (i * 31 % 251) as u8).collect();
+        let mut h = FastMd5::new();
+        for c in data.chunks(4097) {
+            h.update(c);
+        }
+        assert_eq!(h.finalize_hex(), hex::encode(md5::Md5::digest(&data)));
+        assert_eq!(
+            FastMd5::new().finalize_hex(),
+            "d41d8cd98f00b204e9800998ecf8427e"
+        );
     }
 
     #[tokio::test]
