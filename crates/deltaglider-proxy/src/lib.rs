@@ -272,6 +272,7 @@ pub async fn build_state(cfg: Config) -> Result<Arc<AppState>, ProxyError> {
         multipart,
         iam,
         replay: s3::auth::ReplayGuard::new(cfg.replay_window_secs),
+        file: parking_lot::RwLock::new(cfg.file.clone()),
         cfg,
         started: Instant::now(),
     }))

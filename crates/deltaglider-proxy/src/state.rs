@@ -11,6 +11,8 @@ use crate::s3::auth::Principal;
 
 pub struct AppState {
     pub cfg: Config,
+    /// The file configuration as edited at runtime by the admin config PUT/apply.
+    pub file: parking_lot::RwLock<crate::config::FileConfig>,
     pub engine: Arc<Engine>,
     pub multipart: Arc<Multipart>,
     pub iam: Iam,

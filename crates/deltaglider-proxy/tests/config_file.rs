@@ -256,3 +256,233 @@ storage:
         "validate applies nothing: {s}"
     );
 }
+
+/// A logged-in admin JSON call; returns (status, body).
+async fn admin_call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    cookie: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut rq = http.request(method, url).header("cookie", cookie);
+    if let Some(b) = body {
+        rq = rq.json(&b);
+    }
+    let r = rq.send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test]
+async fn admin_config_section_put_and_apply() {
+    use reqwest::Method;
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg.yaml");
+    std::fs::write(
+        &cfg,
+        r#"
+access:
+  iam_users:
+    - name: ci
+      access_key_id: CIKEY
+      secret_access_key: CI-SUPER-SECRET
+      permissions: [{effect: Allow, actions: ["*"], resources: ["*"]}]
+advanced:
+  cache_size_mb: 2048
+  max_delta_ratio: 0.75
+"#,
+    )
+    .unwrap();
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    let p = start_proxy(
+        None,
+        &[
+            ("DGP_CONFIG", cfg.to_str().unwrap().into()),
+            ("DGP_BOOTSTRAP_PASSWORD_HASH", hash),
+            ("DGP_SECURE_COOKIES", "false".into()),
+        ],
+    )
+    .await;
+    let base = p.url();
+    let http = reqwest::Client::new();
+    let sec = |n: &str| format!("{base}/_/api/admin/config/section/{n}");
+    // Session required for the PUT.
+    let r = http
+        .put(sec("advanced"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let cookie = admin_cookie(&http, &base, "pw").await;
+
+    // Merge patch: max_delta_ratio 0 is applied live; cache_size_mb (not in the patch) is kept.
+    let (s, a) = admin_call(
+        &http,
+        Method::PUT,
+        sec("advanced"),
+        &cookie,
+        Some(json!({"max_delta_ratio": 0.0})),
+    )
+    .await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["applied"], json!(["advanced.max_delta_ratio"]), "{a}");
+    assert_eq!(a["requires_restart"], json!([]), "{a}");
+    assert_eq!(a["persisted"], true, "{a}");
+    let (_, g) = admin_call(&http, Method::GET, sec("advanced"), &cookie, None).await;
+    assert_eq!(g["max_delta_ratio"], 0.0, "{g}");
+    assert_eq!(g["cache_size_mb"], 2048, "{g}");
+    // Truly live: with ratio 0 a near-identical second version is stored whole, not as a delta.
+    let c = p.client();
+    c.create_bucket().bucket("live").send().await.unwrap();
+    let v1 = bytes(7, 200_000);
+    put_bytes(&c, "live", "r/app-1.zip", &v1).await;
+    put_bytes(&c, "live", "r/app-2.zip", &mutate(&v1, 8)).await;
+    let files = files_under(&p.bucket_dir("live"));
+    assert!(
+        !files.iter().any(|f| f.ends_with("app-2.zip.delta")),
+        "ratio 0 forbids deltas: {files:?}"
+    );
+    assert_eq!(get_bytes(&c, "live", "r/app-2.zip").await, mutate(&v1, 8));
+    // Persisted to the file in use, other keys intact.
+    let disk: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    assert_eq!(disk["advanced"]["max_delta_ratio"].as_f64(), Some(0.0));
+    assert_eq!(disk["advanced"]["cache_size_mb"].as_u64(), Some(2048));
+
+    // null deletes; a key that is only read at start is reported as needing a restart.
+    let (s, a) = admin_call(
+        &http,
+        Method::PUT,
+        sec("advanced"),
+        &cookie,
+        Some(json!({"cache_size_mb": null})),
+    )
+    .await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["applied"], json!([]), "{a}");
+    assert_eq!(
+        a["requires_restart"],
+        json!(["advanced.cache_size_mb"]),
+        "{a}"
+    );
+    let (_, g) = admin_call(&http, Method::GET, sec("advanced"), &cookie, None).await;
+    assert!(g["cache_size_mb"].is_null(), "{g}");
+    assert_eq!(g["max_delta_ratio"], 0.0, "{g}");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(!text.contains("cache_size_mb"), "{text}");
+
+    // Secrets survive a round trip: PUT back the redacted section (secret shown as "").
+    let (_, acc) = admin_call(&http, Method::GET, sec("access"), &cookie, None).await;
+    assert_eq!(acc["iam_users"][0]["secret_access_key"], "", "{acc}");
+    let (s, a) = admin_call(
+        &http,
+        Method::PUT,
+        sec("access"),
+        &cookie,
+        Some(acc.clone()),
+    )
+    .await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["requires_restart"], json!([]), "unchanged: {a}");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("CI-SUPER-SECRET"), "{text}");
+    let (_, acc2) = admin_call(&http, Method::GET, sec("access"), &cookie, None).await;
+    assert_eq!(acc, acc2);
+
+    // Unknown section → 404; an invalid patch → 400 and nothing changes.
+    let (s, _) = admin_call(&http, Method::PUT, sec("secrets"), &cookie, Some(json!({}))).await;
+    assert_eq!(s, 404);
+    let (s, a) = admin_call(
+        &http,
+        Method::PUT,
+        sec("advanced"),
+        &cookie,
+        Some(json!({"max_delta_ratio": 3.0})),
+    )
+    .await;
+    assert_eq!(s, 400, "{a}");
+    assert_eq!(a["ok"], false, "{a}");
+    let (_, g) = admin_call(&http, Method::GET, sec("advanced"), &cookie, None).await;
+    assert_eq!(g["max_delta_ratio"], 0.0, "{g}");
+
+    // Apply: invalid YAML and a failing validation are 400 {ok:false}, nothing applied.
+    let apply = format!("{base}/_/api/admin/config/apply");
+    let (s, a) = admin_call(
+        &http,
+        Method::POST,
+        apply.clone(),
+        &cookie,
+        Some(json!({"yaml": "storage: [not, a, map]"})),
+    )
+    .await;
+    assert_eq!((s, &a["ok"]), (400, &json!(false)), "{a}");
+    let (s, a) = admin_call(
+        &http,
+        Method::POST,
+        apply.clone(),
+        &cookie,
+        Some(json!({"yaml": "storage:\n  buckets:\n    live:\n      public: true\n      public_prefixes: [x/]\n"})),
+    )
+    .await;
+    assert_eq!(s, 400, "{a}");
+    assert!(a["errors"][0].as_str().unwrap().contains("not both"), "{a}");
+    let anon = format!("{base}/live/r/app-1.zip");
+    assert_eq!(reqwest::get(&anon).await.unwrap().status(), 403);
+    // A valid document: the bucket policy applies live; the redacted user secret is kept.
+    let yaml = "access:\n  iam_users:\n    - name: ci\n      access_key_id: CIKEY\n      secret_access_key: ''\n      permissions: [{effect: Allow, actions: ['*'], resources: ['*']}]\nstorage:\n  buckets:\n    live:\n      public_prefixes: [r/]\nadvanced:\n  max_delta_ratio: 0.5\n";
+    let (s, a) = admin_call(
+        &http,
+        Method::POST,
+        apply,
+        &cookie,
+        Some(json!({"yaml": yaml})),
+    )
+    .await;
+    assert_eq!(s, 200, "{a}");
+    let applied = a["applied"].to_string();
+    assert!(
+        applied.contains("storage.buckets") && applied.contains("advanced.max_delta_ratio"),
+        "{a}"
+    );
+    assert_eq!(a["persisted"], true, "{a}");
+    assert_eq!(reqwest::get(&anon).await.unwrap().status(), 200);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        text.contains("CI-SUPER-SECRET") && text.contains("r/"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn admin_config_put_without_a_file_is_live_only() {
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    let p = start_proxy(
+        None,
+        &[
+            ("DGP_BOOTSTRAP_PASSWORD_HASH", hash),
+            ("DGP_SECURE_COOKIES", "false".into()),
+        ],
+    )
+    .await;
+    let base = p.url();
+    let http = reqwest::Client::new();
+    let cookie = admin_cookie(&http, &base, "pw").await;
+    let url = format!("{base}/_/api/admin/config/section/advanced");
+    let (s, a) = admin_call(
+        &http,
+        reqwest::Method::PUT,
+        url.clone(),
+        &cookie,
+        Some(serde_json::json!({"max_object_size": 1234})),
+    )
+    .await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["persisted"], false, "{a}");
+    assert_eq!(a["applied"][0], "advanced.max_object_size", "{a}");
+    assert!(a["warnings"].to_string().contains("not persisted"), "{a}");
+    let (_, g) = admin_call(&http, reqwest::Method::GET, url, &cookie, None).await;
+    assert_eq!(g["max_object_size"], 1234, "{g}");
+}

@@ -107,6 +107,10 @@ pub struct Engine {
     codec_sem: Arc<Semaphore>,
     locks: Mutex<HashMap<(String, String), SpaceLock>>,
     pub cfg: EngineConfig,
+    /// Hot-reloadable limits (admin config PUT/apply): f64 bits of max_delta_ratio, and
+    /// max_object_size. Seeded from `cfg`; read per request.
+    live_ratio_bits: std::sync::atomic::AtomicU64,
+    live_max_size: std::sync::atomic::AtomicU64,
 }
 
 /// Splits a key into (deltaspace prefix, file name).
@@ -223,6 +227,28 @@ pub struct BodyInfo {
 }
 
 impl Engine {
+    pub fn max_delta_ratio(&self) -> f64 {
+        f64::from_bits(
+            self.live_ratio_bits
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    pub fn max_object_size(&self) -> u64 {
+        self.live_max_size
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_max_delta_ratio(&self, r: f64) {
+        self.live_ratio_bits
+            .store(r.to_bits(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn set_max_object_size(&self, n: u64) {
+        self.live_max_size
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn new(
         backends: HashMap<String, Arc<dyn Backend>>,
         default_backend: String,
@@ -237,6 +263,8 @@ impl Engine {
             cache: RefCache::new(cfg.cache_bytes),
             codec_sem: Arc::new(Semaphore::new(cfg.codec_concurrency)),
             locks: Mutex::new(HashMap::new()),
+            live_ratio_bits: std::sync::atomic::AtomicU64::new(cfg.max_delta_ratio.to_bits()),
+            live_max_size: std::sync::atomic::AtomicU64::new(cfg.max_object_size),
             cfg,
         }
     }
@@ -405,7 +433,7 @@ impl Engine {
             && is_eligible_name(name)
             && info
                 .len
-                .is_some_and(|l| l > 0 && l <= self.cfg.max_object_size);
+                .is_some_and(|l| l > 0 && l <= self.max_object_size());
         let check_md5 = |d: &ingest::Digests| match &info.content_md5 {
             Some(want) if *want != d.md5 => Err(ProxyError::BadDigest),
             _ => Ok(()),
@@ -584,11 +612,11 @@ impl Engine {
             return Ok(meta);
         }
         let pol = self.policy(bucket);
-        let ratio_limit = pol.max_delta_ratio.unwrap_or(self.cfg.max_delta_ratio);
+        let ratio_limit = pol.max_delta_ratio.unwrap_or(self.max_delta_ratio());
         let eligible = pol.compression.unwrap_or(true)
             && is_eligible_name(name)
             && size > 0
-            && size <= self.cfg.max_object_size;
+            && size <= self.max_object_size();
         let delta_key = format!("{key}{DELTA_SUFFIX}");
         let _guard = self.lock_space(real, prefix).await;
 
