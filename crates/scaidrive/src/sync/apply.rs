@@ -299,6 +299,25 @@ async fn blocked(x: &Ctx<'_>, resource_id: &str) -> ApiResult<Option<String>> {
         .fetch_optional(&x.st.db.pool).await?)
 }
 
+/// The node a `moved`/`renamed`/`deleted` change is about (deleted ones included), with the
+/// caller's role on it; a node of another share is not found.
+async fn target_node<'c>(x: &Ctx<'_>, ch: &'c ApplyChange) -> ApiResult<(&'c str, Node, String)> {
+    let rid = ch
+        .resource_id
+        .as_deref()
+        .ok_or_else(|| ApiError::field("resource_id", "is required"))?;
+    let kind = if ch.resource_type == "folder" {
+        Kind::Folder
+    } else {
+        Kind::File
+    };
+    let (node, role) = fs::get_node(&x.st.db, x.c, rid, kind, true).await?;
+    if node.share_id != x.share_id {
+        return Err(ApiError::NotFound("resource"));
+    }
+    Ok((rid, node, role))
+}
+
 fn node_result(status: &str, n: &Node, path: String) -> Value {
     json!({"status": status, "resource_id": n.id, "resource_type": if n.is_folder() {"folder"} else {"file"},
         "version_id": n.version_id, "new_path": path})
@@ -437,23 +456,11 @@ async fn apply_one(x: &Ctx<'_>, ch: &ApplyChange) -> ApiResult<Value> {
             settle(x, &file, ch.base_version_id.as_deref(), sid, "edit_edit").await
         }
         (_, "moved") | (_, "renamed") => {
-            let rid = ch
-                .resource_id
-                .as_deref()
-                .ok_or_else(|| ApiError::field("resource_id", "is required"))?;
+            let (rid, node, role) = target_node(x, ch).await?;
             let p = ch
                 .new_path
                 .as_deref()
                 .ok_or_else(|| ApiError::field("new_path", "is required"))?;
-            let kind = if ch.resource_type == "folder" {
-                Kind::Folder
-            } else {
-                Kind::File
-            };
-            let (node, role) = fs::get_node(&st.db, c, rid, kind, true).await?;
-            if node.share_id != x.share_id {
-                return Err(ApiError::NotFound("resource"));
-            }
             if node.is_deleted != 0 {
                 return Ok(
                     json!({"status": "skipped", "reason": "deleted_on_server", "resource_id": rid}),
@@ -485,19 +492,7 @@ async fn apply_one(x: &Ctx<'_>, ch: &ApplyChange) -> ApiResult<Value> {
             Ok(node_result("applied", &n, path))
         }
         (_, "deleted") => {
-            let rid = ch
-                .resource_id
-                .as_deref()
-                .ok_or_else(|| ApiError::field("resource_id", "is required"))?;
-            let kind = if ch.resource_type == "folder" {
-                Kind::Folder
-            } else {
-                Kind::File
-            };
-            let (node, role) = fs::get_node(&st.db, c, rid, kind, true).await?;
-            if node.share_id != x.share_id {
-                return Err(ApiError::NotFound("resource"));
-            }
+            let (rid, node, role) = target_node(x, ch).await?;
             if node.is_deleted != 0 {
                 return Ok(json!({"status": "applied", "resource_id": rid, "already": true}));
             }
