@@ -418,6 +418,23 @@ async fn list_users(
 }
 
 /// The IAM store could not be written: the change is not applied.
+/// Delete `key` from an IAM map, persisting the deletion first (under the write lock, so no
+/// other change interleaves): 404 `missing` when absent, 500 when the persist fails.
+fn remove_persisted<T>(
+    map: &parking_lot::RwLock<std::collections::BTreeMap<String, T>>,
+    key: &str,
+    missing: &str,
+    persist: impl FnOnce() -> Result<(), crate::error::ProxyError>,
+) -> Result<(), Response> {
+    let mut m = map.write();
+    if !m.contains_key(key) {
+        return Err(err(StatusCode::NOT_FOUND, missing));
+    }
+    persist().map_err(persist_failed)?;
+    m.remove(key);
+    Ok(())
+}
+
 fn persist_failed(e: crate::error::ProxyError) -> Response {
     tracing::error!(error = %e, "admin IAM change not persisted");
     err(StatusCode::INTERNAL_SERVER_ERROR, "persist_failed")
@@ -515,15 +532,10 @@ async fn delete_user(
     if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
         return r;
     }
-    {
-        let mut users = st.iam.users.write();
-        if !users.contains_key(&id) {
-            return err(StatusCode::NOT_FOUND, "no such user");
-        }
-        if let Err(e) = st.iam.persist(Some(&id), None) {
-            return persist_failed(e);
-        }
-        users.remove(&id);
+    if let Err(r) = remove_persisted(&st.iam.users, &id, "no such user", || {
+        st.iam.persist(Some(&id), None)
+    }) {
+        return r;
     }
     audit_iam_change(&st, "user_delete", &id, &headers, &addr);
     StatusCode::NO_CONTENT.into_response()
@@ -616,15 +628,10 @@ async fn delete_group(
     if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
         return r;
     }
-    {
-        let mut groups = st.iam.groups.write();
-        if !groups.contains_key(&name) {
-            return err(StatusCode::NOT_FOUND, "no such group");
-        }
-        if let Err(e) = st.iam.persist_group(Some(&name), None) {
-            return persist_failed(e);
-        }
-        groups.remove(&name);
+    if let Err(r) = remove_persisted(&st.iam.groups, &name, "no such group", || {
+        st.iam.persist_group(Some(&name), None)
+    }) {
+        return r;
     }
     audit_iam_change(&st, "group_delete", &name, &headers, &addr);
     StatusCode::NO_CONTENT.into_response()
