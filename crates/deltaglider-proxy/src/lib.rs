@@ -18,6 +18,7 @@ pub mod multipart;
 pub mod s3;
 pub mod state;
 pub mod tls;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -275,6 +276,7 @@ pub async fn build_state(cfg: Config) -> Result<Arc<AppState>, ProxyError> {
         file: parking_lot::RwLock::new(cfg.file.clone()),
         cfg,
         started: Instant::now(),
+        usage: usage::UsageScans::default(),
     }))
 }
 

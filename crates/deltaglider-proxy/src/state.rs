@@ -22,6 +22,8 @@ pub struct AppState {
     /// SigV4 replay detection (`DGP_REPLAY_WINDOW_SECS`).
     pub replay: crate::s3::auth::ReplayGuard,
     pub started: std::time::Instant,
+    /// Prefix usage scans and their cached results (admin usage API).
+    pub usage: crate::usage::UsageScans,
 }
 
 impl AppState {

@@ -20,6 +20,8 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::json;
 
+mod usage;
+
 use crate::iam::{GroupSpec, UserSpec};
 use crate::state::AppState;
 
@@ -184,6 +186,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/_/api/admin/config/apply", post(config_apply))
         .route("/_/api/admin/config/export", get(config_export))
         .route("/_/api/admin/config/validate", post(config_validate))
+        .merge(usage::routes())
         .with_state(state)
 }
 
