@@ -168,15 +168,65 @@ fn zstd_level() -> i32 {
         .unwrap_or(1)
 }
 
+/// Compression contexts kept between encodes. A fresh context allocates its hash tables,
+/// the LDM table and (streaming) a window-sized input buffer, ~20 MiB for a 12 MB
+/// reference, and page-faults all of it on every PUT: on the bench corpus a reused context
+/// took ~35% less CPU per encode (161k → 44k page faults for 21 encodes). At most
+/// [`POOL_CONTEXTS`] idle contexts of at most [`POOL_CONTEXT_MAX_BYTES`] each are kept, so
+/// one huge object does not pin its window's worth of memory.
+static CCTX_POOL: std::sync::Mutex<Vec<CCtx<'static>>> = std::sync::Mutex::new(Vec::new());
+const POOL_CONTEXTS: usize = 2;
+const POOL_CONTEXT_MAX_BYTES: usize = 64 << 20;
+
+use zstd::zstd_safe::CCtx;
+
+/// A pooled compression context borrowing a reference for one frame; back to the pool
+/// (reset, the reference forgotten) on drop.
+pub(crate) struct PatchCtx<'r>(Option<CCtx<'r>>);
+
+impl<'r> std::ops::Deref for PatchCtx<'r> {
+    type Target = CCtx<'r>;
+    fn deref(&self) -> &CCtx<'r> {
+        self.0.as_ref().expect("context present until drop")
+    }
+}
+
+impl std::ops::DerefMut for PatchCtx<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_mut().expect("context present until drop")
+    }
+}
+
+impl Drop for PatchCtx<'_> {
+    fn drop(&mut self) {
+        let Some(mut c) = self.0.take() else { return };
+        // Resetting session and parameters drops the prefix (ZSTD_clearAllDicts) and any
+        // frame in progress: the context no longer refers to the reference.
+        if c.reset(zstd::zstd_safe::ResetDirective::SessionAndParameters)
+            .is_err()
+            || c.sizeof() > POOL_CONTEXT_MAX_BYTES
+        {
+            return;
+        }
+        // SAFETY: after the reset above the context holds no borrow of `'r` data; the
+        // lifetime only tracked the prefix.
+        let c: CCtx<'static> = unsafe { std::mem::transmute::<CCtx<'_>, CCtx<'static>>(c) };
+        if let Ok(mut pool) = CCTX_POOL.lock() {
+            if pool.len() < POOL_CONTEXTS {
+                pool.push(c);
+            }
+        }
+    }
+}
+
 /// A compression context set up for zstd's `--patch-from` mode: the reference as a raw
 /// prefix, long-distance matching, and a window covering the larger of reference and
 /// target (so every match into the reference is reachable).
-fn patch_cctx(
-    reference: &[u8],
-    target_len: usize,
-) -> Result<zstd::zstd_safe::CCtx<'_>, ProxyError> {
-    use zstd::zstd_safe::{CCtx, CParameter};
-    let mut cctx = CCtx::create();
+fn patch_cctx(reference: &[u8], target_len: usize) -> Result<PatchCtx<'_>, ProxyError> {
+    use zstd::zstd_safe::CParameter;
+    let pooled = CCTX_POOL.lock().ok().and_then(|mut p| p.pop());
+    // A `'static` context is usable for any shorter borrow.
+    let mut cctx = PatchCtx(Some(pooled.unwrap_or_else(CCtx::create)));
     cctx.set_parameter(CParameter::CompressionLevel(zstd_level()))
         .map_err(zstd_err)?;
     cctx.set_parameter(CParameter::WindowLog(
@@ -309,6 +359,31 @@ mod tests {
         let d = zstd_encode(&reference, &target).unwrap();
         assert!(d.len() < target.len() / 10, "delta {} too big", d.len());
         assert_eq!(zstd_decode(&reference, &d).unwrap(), target);
+    }
+
+    #[test]
+    fn pooled_contexts_forget_their_previous_reference() {
+        let a: Vec<u8> = (0..150_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let b: Vec<u8> = (0..150_000u32)
+            .map(|i| (i.wrapping_mul(2246822519) >> 9) as u8)
+            .collect();
+        let mut ta = a.clone();
+        ta[500..600].fill(1);
+        let mut tb = b.clone();
+        tb[700..800].fill(2);
+        // Same input, same output, whether the context is fresh or reused; and a reused
+        // context encodes against the new reference only.
+        let first = zstd_encode(&a, &ta).unwrap();
+        for _ in 0..3 {
+            assert_eq!(zstd_encode(&a, &ta).unwrap(), first);
+            let d = zstd_encode(&b, &tb).unwrap();
+            assert!(d.len() < tb.len() / 10, "delta {} too big", d.len());
+            assert_eq!(zstd_decode(&b, &d).unwrap(), tb);
+            assert!(zstd_decode(&a, &d).map_or(true, |x| x != tb));
+        }
+        assert!(CCTX_POOL.lock().unwrap().len() <= POOL_CONTEXTS);
     }
 
     #[tokio::test]
