@@ -95,6 +95,9 @@ pub struct AccessSection {
     pub secret_access_key: Option<String>,
     pub iam_users: Vec<UserSpec>,
     pub iam_groups: Vec<GroupSpec>,
+    /// External identity providers (declarative mode; see [`crate::oidc`]).
+    pub auth_providers: Vec<crate::oidc::ProviderSpec>,
+    pub group_mapping_rules: Vec<crate::oidc::MappingRule>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -242,6 +245,7 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ProxyError> {
 
 /// Rejects public prefixes with `..`, NUL or `//`, and `public` together with prefixes.
 pub fn validate_file(fc: &FileConfig) -> Result<(), ProxyError> {
+    crate::oidc::validate_access(&fc.access)?;
     for (name, b) in &fc.storage.buckets {
         if b.public && !b.public_prefixes.is_empty() {
             return Err(ProxyError::Config(format!(
@@ -294,6 +298,11 @@ pub fn lint_file(fc: &FileConfig) -> Vec<String> {
         if b.encryption.as_ref().is_some_and(|e| e.key.is_some()) {
             w.push(format!("backend '{}' encryption key was loaded from config file (not DGP_*_ENCRYPTION_KEY)", b.name));
         }
+    }
+    if fc.access.iam_mode.as_deref() != Some("declarative")
+        && !(fc.access.auth_providers.is_empty() && fc.access.group_mapping_rules.is_empty())
+    {
+        w.push("access.auth_providers / group_mapping_rules are used in iam_mode: declarative only; in gui mode manage them through /_/api/admin/ext-auth".into());
     }
     if fc.advanced.cache_size_mb.is_some_and(|mb| mb < 1024) {
         w.push("advanced.cache_size_mb below 1024: recommend ≥1024 MB for production".into());

@@ -310,6 +310,15 @@ pub struct AdminOverlay {
     pub deleted: Vec<String>,
     pub groups: BTreeMap<String, GroupSpec>,
     pub deleted_groups: Vec<String>,
+    /// External identity providers managed through `/_/api/admin/ext-auth/providers`.
+    #[serde(default)]
+    pub auth_providers: Vec<crate::oidc::ProviderSpec>,
+    /// Group mapping rules managed through `/_/api/admin/ext-auth/mappings`.
+    #[serde(default)]
+    pub mapping_rules: Vec<crate::oidc::MappingRule>,
+    /// External identities seen at OAuth login, linked to their provisioned users.
+    #[serde(default)]
+    pub external_identities: Vec<crate::oidc::ExternalIdentity>,
 }
 
 impl AdminOverlay {
@@ -427,6 +436,25 @@ impl AdminStore {
         *cur = next;
         self.changed.notify_one();
         Ok(())
+    }
+
+    /// External-auth changes (see [`crate::oidc`]): `f` edits a copy of the overlay (its
+    /// providers, mapping rules, identities and the users it provisions); the copy is written
+    /// durably and made current only when `f` succeeds and changed something.
+    pub fn change_ext_auth<T, E: From<ProxyError>>(
+        &self,
+        f: impl FnOnce(&mut AdminOverlay) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut cur = self.overlay.lock();
+        let mut next = cur.clone();
+        next.version = 1;
+        let out = f(&mut next)?;
+        if next != *cur {
+            write_private_atomic(&self.path, &next)?;
+            *cur = next;
+            self.changed.notify_one();
+        }
+        Ok(out)
     }
 
     /// Replaces the whole overlay durably if it is still `seen`; false (nothing written)

@@ -15,6 +15,7 @@ pub mod error;
 pub mod iam;
 pub mod meta;
 pub mod multipart;
+pub mod oidc;
 pub mod s3;
 pub mod state;
 pub mod tls;
@@ -273,6 +274,7 @@ pub async fn build_state(cfg: Config) -> Result<Arc<AppState>, ProxyError> {
         multipart,
         iam,
         replay: s3::auth::ReplayGuard::new(cfg.replay_window_secs),
+        oidc: oidc::Oidc::new(),
         file: parking_lot::RwLock::new(cfg.file.clone()),
         cfg,
         started: Instant::now(),

@@ -21,6 +21,8 @@ pub struct AppState {
     pub login_limiter: crate::admin::LoginLimiter,
     /// SigV4 replay detection (`DGP_REPLAY_WINDOW_SECS`).
     pub replay: crate::s3::auth::ReplayGuard,
+    /// External authentication (OIDC) flows in flight and the issuer key cache.
+    pub oidc: crate::oidc::Oidc,
     pub started: std::time::Instant,
     /// Prefix usage scans and their cached results (admin usage API).
     pub usage: crate::usage::UsageScans,

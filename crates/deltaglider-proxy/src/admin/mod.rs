@@ -25,6 +25,8 @@ mod usage;
 use crate::iam::{GroupSpec, UserSpec};
 use crate::state::AppState;
 
+mod ext_auth;
+
 const COOKIE: &str = "dgp_session";
 const MAX_SESSIONS: usize = 10;
 
@@ -187,6 +189,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/_/api/admin/config/export", get(config_export))
         .route("/_/api/admin/config/validate", post(config_validate))
         .merge(usage::routes())
+        .merge(ext_auth::routes())
         .with_state(state)
 }
 
@@ -294,7 +297,7 @@ async fn whoami(
         "version": env!("CARGO_PKG_VERSION"),
         "build_time": crate::config::BUILD_TIME,
         "user": if logged_in { json!({"name": "admin", "is_admin": true}) } else { serde_json::Value::Null },
-        "external_providers": [],
+        "external_providers": crate::oidc::public_providers(&st),
     }))
 }
 
@@ -670,6 +673,9 @@ fn section_value(fc: &crate::config::FileConfig, name: &str) -> Option<serde_jso
             for u in &mut a.iam_users {
                 u.secret_access_key = String::new();
             }
+            for p in &mut a.auth_providers {
+                p.client_secret = None;
+            }
             serde_json::to_value(&a)
         }
         "advanced" => serde_json::to_value(&fc.advanced),
@@ -792,7 +798,7 @@ fn is_placeholder(v: &serde_json::Value) -> bool {
     matches!(v.as_str(), Some("" | "***" | "<redacted>"))
 }
 
-const SECRET_KEYS: [&str; 3] = ["secret_access_key", "key", "legacy_key"];
+const SECRET_KEYS: [&str; 4] = ["secret_access_key", "key", "legacy_key", "client_secret"];
 
 /// RFC 7396 merge patch: objects merge key by key, `null` deletes, anything else replaces.
 fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
@@ -970,6 +976,8 @@ fn apply_live(
                     applied.push(key);
                 }
             }
+            // Read live by the OAuth flow and the ext-auth routes.
+            "access.auth_providers" | "access.group_mapping_rules" => applied.push(key),
             "storage.buckets" => {
                 *st.engine.policies.write() = new.storage.buckets.clone();
                 applied.push(key);
@@ -1116,6 +1124,16 @@ fn restore_struct_secrets(
                 .find(|o| o.access_key_id == u.access_key_id)
             {
                 u.secret_access_key = o.secret_access_key.clone();
+            }
+        }
+    }
+    for p in &mut new.access.auth_providers {
+        if p.client_secret
+            .as_deref()
+            .is_none_or(|s| s.is_empty() || s == "***")
+        {
+            if let Some(o) = cur.access.auth_providers.iter().find(|o| o.name == p.name) {
+                p.client_secret = o.client_secret.clone();
             }
         }
     }
