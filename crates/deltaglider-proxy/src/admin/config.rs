@@ -1,5 +1,6 @@
-//! Admin config API: section GET/PUT (RFC 7396 merge patch), canonical export, whole-file
-//! validate and apply with live reload of the hot settings.
+//! Admin config API: section GET/PUT (RFC 7396 merge patch) and its validate dry run,
+//! canonical export, whole-file validate and apply with live reload of the hot settings
+//! (admission chain included), the JSON Schema, and the flat settings view/update.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{audit_iam_change, err, require_session, St};
+use crate::config_doc::{prune, SECTIONS};
 use crate::state::AppState;
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
@@ -21,6 +23,12 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
             "/_/api/admin/config/section/{name}",
             get(config_section).put(config_section_put),
         )
+        .route(
+            "/_/api/admin/config/section/{name}/validate",
+            post(config_section_validate),
+        )
+        .route("/_/api/admin/config", get(config_flat).put(config_flat_put))
+        .route("/_/api/admin/config/defaults", get(config_defaults))
         .route("/_/api/admin/config/apply", post(config_apply))
         .route("/_/api/admin/config/export", get(config_export))
         .route("/_/api/admin/config/validate", post(config_validate))
@@ -51,38 +59,16 @@ fn section_value(fc: &crate::config::FileConfig, name: &str) -> Option<serde_jso
             serde_json::to_value(&a)
         }
         "advanced" => serde_json::to_value(&fc.advanced),
-        "admission" => Ok(json!({"blocks": []})),
+        "admission" => serde_json::to_value(&fc.admission),
         _ => return None,
     };
     Some(v.unwrap_or_default())
-}
-
-/// Canonical form: nulls, empty lists and empty maps are left out (they are the defaults).
-fn prune(v: serde_json::Value) -> Option<serde_json::Value> {
-    use serde_json::Value;
-    match v {
-        Value::Null => None,
-        Value::Array(a) => {
-            let a: Vec<Value> = a.into_iter().filter_map(prune).collect();
-            (!a.is_empty()).then_some(Value::Array(a))
-        }
-        Value::Object(m) => {
-            let m: serde_json::Map<String, Value> = m
-                .into_iter()
-                .filter_map(|(k, v)| prune(v).map(|v| (k, v)))
-                .collect();
-            (!m.is_empty()).then_some(Value::Object(m))
-        }
-        other => Some(other),
-    }
 }
 
 #[derive(Deserialize)]
 struct ExportQuery {
     section: Option<String>,
 }
-
-const SECTIONS: [&str; 4] = ["admission", "access", "storage", "advanced"];
 
 /// `GET /_/api/admin/config/export[?section=]`: canonical YAML, secrets redacted.
 async fn config_export(
@@ -127,11 +113,13 @@ async fn config_validate(
     if let Err(r) = require_session(&st, &headers, &addr) {
         return r;
     }
-    let parsed: Result<crate::config::FileConfig, String> =
-        serde_yaml::from_str(&body.yaml).map_err(|e| e.to_string());
-    let result = parsed.and_then(|fc| {
+    let parsed = crate::config_doc::parse(&body.yaml, false).map_err(|e| e.to_string());
+    let result = parsed.and_then(|(fc, mut shape)| {
         crate::config::validate_file(&fc)
-            .map(|_| crate::config::lint_file(&fc))
+            .map(|_| {
+                shape.extend(crate::config::lint_file(&fc));
+                shape
+            })
             .map_err(|e| e.to_string())
     });
     match result {
@@ -272,7 +260,11 @@ fn file_doc(st: &AppState) -> Result<(std::path::PathBuf, serde_json::Value), St
         }
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    Ok((path, if doc.is_null() { json!({}) } else { doc }))
+    let doc = if doc.is_null() { json!({}) } else { doc };
+    // A flat-shaped file is rewritten sectioned, so a section patch never mixes the shapes.
+    let (doc, _) =
+        crate::config_doc::normalize(doc).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((path, doc))
 }
 
 /// Write-temp-then-rename, so a crash never leaves a half-written config file.
@@ -283,26 +275,26 @@ fn write_atomic(path: &std::path::Path, doc: &serde_json::Value) -> Result<(), S
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Applies what is hot-reloadable in `new` versus the running file config, records the new
-/// config as current, and lists the changed keys that only take effect after a restart.
-fn apply_live(
-    st: &AppState,
-    new: crate::config::FileConfig,
-) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let old = st.file.read().clone();
-    let (mut applied, mut restart, mut warnings) = (vec![], vec![], vec![]);
+/// Which changed keys of `new` (versus the running config) apply live and which need a
+/// restart; shared by the apply path and the validate dry runs.
+struct Plan {
+    hot: Vec<String>,
+    restart: Vec<String>,
+    warnings: Vec<String>,
+}
+
+fn plan(st: &AppState, new: &crate::config::FileConfig) -> Plan {
+    let old = live_file(st);
     let secs = |fc: &crate::config::FileConfig| -> serde_json::Value {
         let mut m = serde_json::Map::new();
-        for n in ["access", "storage", "advanced"] {
+        for n in SECTIONS {
             m.insert(n.into(), section_value(fc, n).unwrap_or_default());
         }
         serde_json::Value::Object(m)
     };
-    let mut live_old = old.clone();
-    live_old.storage.buckets = st.engine.policies.read().clone();
-    let (ov, nv) = (secs(&live_old), secs(&new));
+    let (ov, nv) = (secs(&old), secs(new));
     let mut changed = vec![];
-    for n in ["access", "storage", "advanced"] {
+    for n in SECTIONS {
         let (o, nn) = (&ov[n], &nv[n]);
         let keys: std::collections::BTreeSet<&String> = o
             .as_object()
@@ -322,41 +314,103 @@ fn apply_live(
     {
         changed.push("access.secret_access_key".into());
     }
+    let mut p = Plan {
+        hot: vec![],
+        restart: vec![],
+        warnings: vec![],
+    };
     for key in changed {
+        let env_wins = match key.as_str() {
+            "advanced.max_delta_ratio" => Some("DGP_MAX_DELTA_RATIO"),
+            "advanced.max_object_size" => Some("DGP_MAX_OBJECT_SIZE"),
+            _ => None,
+        };
         match key.as_str() {
-            "advanced.max_delta_ratio" => {
-                if std::env::var_os("DGP_MAX_DELTA_RATIO").is_some() {
-                    warnings.push(
-                        "DGP_MAX_DELTA_RATIO is set and wins over advanced.max_delta_ratio".into(),
-                    );
-                    restart.push(key);
+            "advanced.max_delta_ratio" | "advanced.max_object_size" => {
+                let var = env_wins.unwrap_or_default();
+                if std::env::var_os(var).is_some() {
+                    p.warnings.push(format!("{var} is set and wins over {key}"));
+                    p.restart.push(key);
                 } else {
-                    st.engine
-                        .set_max_delta_ratio(new.advanced.max_delta_ratio.unwrap_or(0.75));
-                    applied.push(key);
+                    p.hot.push(key);
                 }
             }
-            "advanced.max_object_size" => {
-                if std::env::var_os("DGP_MAX_OBJECT_SIZE").is_some() {
-                    warnings.push(
-                        "DGP_MAX_OBJECT_SIZE is set and wins over advanced.max_object_size".into(),
-                    );
-                    restart.push(key);
-                } else {
-                    st.engine
-                        .set_max_object_size(new.advanced.max_object_size.unwrap_or(104_857_600));
-                    applied.push(key);
-                }
-            }
-            "storage.buckets" => {
-                *st.engine.policies.write() = new.storage.buckets.clone();
-                applied.push(key);
-            }
-            _ => restart.push(key),
+            // The admission chain is rebuilt from the new file and bucket policies.
+            "admission.blocks" | "admission.flags" | "storage.buckets" => p.hot.push(key),
+            _ => p.restart.push(key),
         }
     }
+    p
+}
+
+/// Applies what is hot-reloadable in `new` versus the running file config, records the new
+/// config as current, and lists the changed keys that only take effect after a restart.
+fn apply_live(
+    st: &AppState,
+    new: crate::config::FileConfig,
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let Plan {
+        hot,
+        restart,
+        mut warnings,
+    } = plan(st, &new);
+    for key in &hot {
+        match key.as_str() {
+            "advanced.max_delta_ratio" => st
+                .engine
+                .set_max_delta_ratio(new.advanced.max_delta_ratio.unwrap_or(0.75)),
+            "advanced.max_object_size" => st
+                .engine
+                .set_max_object_size(new.advanced.max_object_size.unwrap_or(104_857_600)),
+            "storage.buckets" => *st.engine.policies.write() = new.storage.buckets.clone(),
+            _ => {}
+        }
+    }
+    log_iam_mode_change(&st.file.read(), &new);
     *st.file.write() = new;
-    (applied, restart, warnings)
+    if let Err(e) = st.rebuild_admission() {
+        warnings.push(format!("admission chain not rebuilt: {e}"));
+    }
+    (hot, restart, warnings)
+}
+
+fn iam_mode(fc: &crate::config::FileConfig) -> &str {
+    fc.access.iam_mode.as_deref().unwrap_or("gui")
+}
+
+/// The spec's mode guard: flipping gui → declarative with no users and no groups would lock
+/// every IAM user out, so it is refused (422) by both the section PUT and apply.
+fn iam_flip_guard(
+    cur: &crate::config::FileConfig,
+    new: &crate::config::FileConfig,
+) -> Result<(), Response> {
+    if iam_mode(cur) != "declarative"
+        && iam_mode(new) == "declarative"
+        && new.access.iam_users.is_empty()
+        && new.access.iam_groups.is_empty()
+    {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "ok": false,
+                "error": "iam_mode gui -> declarative with empty iam_users and iam_groups would remove every IAM identity; declare them first",
+                "errors": ["access.iam_mode: gui -> declarative refused: iam_users and iam_groups are both empty"],
+            })),
+        )
+            .into_response());
+    }
+    Ok(())
+}
+
+fn log_iam_mode_change(old: &crate::config::FileConfig, new: &crate::config::FileConfig) {
+    if iam_mode(old) != iam_mode(new) {
+        tracing::warn!(
+            target: "deltaglider_proxy::config",
+            from = iam_mode(old),
+            to = iam_mode(new),
+            "iam_mode changed (takes effect after a restart)"
+        );
+    }
 }
 
 fn check_live(fc: &crate::config::FileConfig) -> Result<Vec<String>, String> {
@@ -407,6 +461,102 @@ fn answer(
     .into_response()
 }
 
+/// A section merge patch applied to the running config and checked (but not applied).
+struct Merged {
+    new: crate::config::FileConfig,
+    /// The patch without placeholder secrets, as merged into the file text.
+    clean: serde_json::Value,
+    warnings: Vec<String>,
+}
+
+/// Merges `patch` into section `name` of the running config and validates the result:
+/// 404 unknown section, 400 invalid, 422 a refused iam_mode flip.
+fn merge_section(st: &AppState, name: &str, patch: &serde_json::Value) -> Result<Merged, Response> {
+    if !SECTIONS.contains(&name) {
+        return Err(err(StatusCode::NOT_FOUND, "unknown section"));
+    }
+    if !patch.is_object() {
+        return Err(bad_config("a merge patch must be a JSON object".into()));
+    }
+    let mut clean = patch.clone();
+    strip_placeholders(&mut clean);
+    // Live: merge into the running (redacted) section, then restore its secrets.
+    let cur = live_file(st);
+    let mut full = serde_json::to_value(&cur).unwrap_or_default();
+    merge_patch(&mut full[name], &clean);
+    let mut new: crate::config::FileConfig = match serde_json::from_value(full) {
+        Ok(f) => f,
+        Err(e) => return Err(bad_config(format!("{name}: {e}"))),
+    };
+    restore_struct_secrets(&mut new, &cur, &json!({ name: clean.clone() }));
+    let warnings = check_live(&new).map_err(bad_config)?;
+    iam_flip_guard(&cur, &new)?;
+    Ok(Merged {
+        new,
+        clean,
+        warnings,
+    })
+}
+
+/// Leaf-level differences between two JSON documents: `[{path, before, after}]`.
+fn diff(
+    path: &str,
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    out: &mut Vec<serde_json::Value>,
+) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let (va, vb) = (
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                );
+                diff(&format!("{path}.{k}"), va, vb, out);
+            }
+        }
+        _ if a != b => out.push(json!({"path": path, "before": a, "after": b})),
+        _ => {}
+    }
+}
+
+/// `POST /_/api/admin/config/section/:name/validate`: the section PUT as a dry run →
+/// `{ok, warnings[], diff[], requires_restart, restart_keys[], hot_keys[]}`; nothing is
+/// written or applied. A refused patch answers like the PUT would (400/404/422).
+async fn config_section_validate(
+    State(st): St,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(patch): Json<serde_json::Value>,
+) -> Response {
+    if let Err(r) = require_session(&st, &headers, &addr) {
+        return r;
+    }
+    let m = match merge_section(&st, &name, &patch) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let p = plan(&st, &m.new);
+    let before = section_value(&live_file(&st), &name).unwrap_or_default();
+    let after = section_value(&m.new, &name).unwrap_or_default();
+    let mut d = vec![];
+    diff(&name, &before, &after, &mut d);
+    let mut warnings = m.warnings;
+    warnings.extend(p.warnings);
+    Json(json!({
+        "ok": true,
+        "warnings": warnings,
+        "diff": d,
+        "requires_restart": !p.restart.is_empty(),
+        "restart_keys": p.restart,
+        "hot_keys": p.hot,
+    }))
+    .into_response()
+}
+
 /// `PUT /_/api/admin/config/section/:name`: RFC 7396 merge patch on one section.
 async fn config_section_put(
     State(st): St,
@@ -418,36 +568,32 @@ async fn config_section_put(
     if let Err(r) = require_session(&st, &headers, &addr) {
         return r;
     }
-    if !SECTIONS.contains(&name.as_str()) {
-        return err(StatusCode::NOT_FOUND, "unknown section");
-    }
-    if !patch.is_object() {
-        return bad_config("a merge patch must be a JSON object".into());
-    }
-    if name == "admission" {
-        return bad_config("admission blocks are not implemented".into());
-    }
-    let mut clean = patch.clone();
-    strip_placeholders(&mut clean);
-    // Live: merge into the running (redacted) section, then restore its secrets.
-    let cur = live_file(&st);
-    let mut full = serde_json::to_value(&cur).unwrap_or_default();
-    merge_patch(&mut full[name.as_str()], &clean);
-    let mut new: crate::config::FileConfig = match serde_json::from_value(full) {
-        Ok(f) => f,
-        Err(e) => return bad_config(format!("{name}: {e}")),
+    let m = match merge_section(&st, &name, &patch) {
+        Ok(m) => m,
+        Err(r) => return r,
     };
-    restore_struct_secrets(&mut new, &cur, &json!({ name.as_str(): clean.clone() }));
-    let mut warnings = match check_live(&new) {
-        Ok(w) => w,
-        Err(e) => return bad_config(e),
-    };
-    // Persist: the same patch merged into the file text, which holds the real secrets.
-    let persist = match file_doc(&st) {
+    commit_section(&st, &name, m, &headers, &addr)
+}
+
+/// Writes a merged section patch into the file in use (which holds the real secrets), then
+/// applies it live; nothing changes when the file cannot be written.
+fn commit_section(
+    st: &AppState,
+    name: &str,
+    m: Merged,
+    headers: &HeaderMap,
+    addr: &SocketAddr,
+) -> Response {
+    let Merged {
+        new,
+        clean,
+        mut warnings,
+    } = m;
+    let persist = match file_doc(st) {
         Ok((path, mut doc)) => {
-            let old_sec = doc.get(name.as_str()).cloned().unwrap_or(json!({}));
-            merge_patch(&mut doc[name.as_str()], &clean);
-            restore_secrets(&mut doc[name.as_str()], &old_sec);
+            let old_sec = doc.get(name).cloned().unwrap_or(json!({}));
+            merge_patch(&mut doc[name], &clean);
+            restore_secrets(&mut doc[name], &old_sec);
             write_atomic(&path, &doc).map(|_| Some(path))
         }
         Err(w) => {
@@ -459,9 +605,9 @@ async fn config_section_put(
         // The file could not be written: change nothing, so file and runtime stay in step.
         return answer(vec![], vec![], warnings, persist);
     }
-    let (applied, restart, w2) = apply_live(&st, new);
+    let (applied, restart, w2) = apply_live(st, new);
     warnings.extend(w2);
-    audit_iam_change(&st, "config.section", &name, &headers, &addr);
+    audit_iam_change(st, "config.section", name, headers, addr);
     answer(applied, restart, warnings, persist)
 }
 
@@ -535,17 +681,26 @@ async fn config_apply(
     if let Err(r) = require_session(&st, &headers, &addr) {
         return r;
     }
-    let mut new: crate::config::FileConfig = match serde_yaml::from_str(&body.yaml) {
+    // Either shape; the flat one is normalized into sections (and persisted that way).
+    let doc = match crate::config_doc::parse_tree(&body.yaml, false)
+        .and_then(crate::config_doc::normalize)
+    {
+        Ok((d, _)) => d,
+        Err(e) => return bad_config(e.0),
+    };
+    let mut new: crate::config::FileConfig = match serde_json::from_value(doc.clone()) {
         Ok(f) => f,
         Err(e) => return bad_config(e.to_string()),
     };
-    let doc: serde_json::Value = serde_yaml::from_str(&body.yaml).unwrap_or(json!({}));
     let cur = live_file(&st);
     restore_struct_secrets(&mut new, &cur, &doc);
     let mut warnings = match check_live(&new) {
         Ok(w) => w,
         Err(e) => return bad_config(e),
     };
+    if let Err(r) = iam_flip_guard(&cur, &new) {
+        return r;
+    }
     let persist = match file_doc(&st) {
         Ok((path, old)) => {
             let mut doc = if doc.is_null() { json!({}) } else { doc };
@@ -565,4 +720,107 @@ async fn config_apply(
     warnings.extend(w2);
     audit_iam_change(&st, "config.apply", "", &headers, &addr);
     answer(applied, restart, warnings, persist)
+}
+
+/// `GET /_/api/admin/config/defaults[?section=]`: the JSON Schema (with defaults) of the
+/// config or of one section.
+async fn config_defaults(
+    State(st): St,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<ExportQuery>,
+) -> Response {
+    if let Err(r) = require_session(&st, &headers, &addr) {
+        return r;
+    }
+    match crate::config_doc::schema(q.section.as_deref()) {
+        Some(s) => Json(s).into_response(),
+        None => err(StatusCode::NOT_FOUND, "unknown section"),
+    }
+}
+
+/// Flat settings that `PUT /_/api/admin/config` accepts, and their `advanced` key.
+const FLAT_SETTABLE: [&str; 6] = [
+    "max_delta_ratio",
+    "max_object_size",
+    "cache_size_mb",
+    "metadata_cache_mb",
+    "codec_concurrency",
+    "listen_addr",
+];
+
+/// `GET /_/api/admin/config`: the effective settings as one flat JSON object (live values
+/// for the hot-reloadable ones; secrets shown as "***" when set).
+async fn config_flat(
+    State(st): St,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = require_session(&st, &headers, &addr) {
+        return r;
+    }
+    let c = &st.cfg;
+    let fc = live_file(&st);
+    let redact = |v: &Option<String>| v.as_ref().map(|_| "***");
+    Json(json!({
+        "listen_addr": c.listen_addr,
+        "data_dir": c.data_dir.display().to_string(),
+        "backend_type": st.engine.backend_kind(),
+        "max_delta_ratio": st.engine.max_delta_ratio(),
+        "max_object_size": st.engine.max_object_size(),
+        "cache_size_mb": c.cache_mb,
+        "metadata_cache_mb": c.metadata_cache_mb,
+        "codec_concurrency": c.codec_concurrency,
+        "codec_timeout_secs": c.codec_timeout_secs,
+        "request_timeout_secs": c.request_timeout_secs,
+        "max_concurrent_requests": c.max_concurrent_requests,
+        "max_multipart_uploads": c.max_multipart_uploads,
+        "max_total_multipart_bytes": c.max_total_multipart_bytes,
+        "audit_ring_size": c.audit_ring_size,
+        "debug_headers": c.debug_headers,
+        "cors_permissive": c.cors_permissive,
+        "trust_proxy_headers": c.trust_proxy_headers,
+        "session_ttl_hours": c.session_ttl_hours,
+        "clock_skew_seconds": c.clock_skew_seconds,
+        "replay_window_secs": c.replay_window_secs,
+        "authentication": if c.auth_none { "none" } else { "sigv4" },
+        "access_key_id": c.access_key_id,
+        "secret_access_key": redact(&c.secret_access_key),
+        "bootstrap_password_hash": redact(&c.bootstrap_password_hash),
+        "iam_mode": iam_mode(&fc),
+        "log_level": std::env::var("DGP_LOG_LEVEL").ok(),
+        "tls_enabled": c.tls.is_some(),
+        "config_path": c.config_path.as_ref().map(|p| p.display().to_string()),
+        "config_sync_bucket": c.config_sync_bucket,
+        "admission_blocks": fc.admission.blocks.len(),
+    }))
+    .into_response()
+}
+
+/// `PUT /_/api/admin/config`: partial update of the flat settings in [`FLAT_SETTABLE`]
+/// (an `advanced` section patch underneath: persisted to the file in use, applied live when
+/// hot-reloadable) → `{applied, requires_restart, warnings, persisted, persisted_path}`.
+async fn config_flat_put(
+    State(st): St,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(body): Json<serde_json::Value>,
+) -> Response {
+    if let Err(r) = require_session(&st, &headers, &addr) {
+        return r;
+    }
+    let Some(obj) = body.as_object() else {
+        return bad_config("the body must be a JSON object of settings".into());
+    };
+    if let Some(k) = obj.keys().find(|k| !FLAT_SETTABLE.contains(&k.as_str())) {
+        return bad_config(format!(
+            "{k:?} cannot be set here (settable: {})",
+            FLAT_SETTABLE.join(", ")
+        ));
+    }
+    let m = match merge_section(&st, "advanced", &body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    commit_section(&st, "advanced", m, &headers, &addr)
 }

@@ -23,6 +23,7 @@ use serde_json::json;
 use crate::iam::{GroupSpec, UserSpec};
 use crate::state::AppState;
 
+mod admission;
 mod config;
 
 const COOKIE: &str = "dgp_session";
@@ -180,6 +181,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/_/api/admin/policies", get(policies))
         .merge(config::routes())
+        .merge(admission::routes())
         .with_state(state)
 }
 
