@@ -128,6 +128,7 @@ pub struct TlsSection {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FileConfig {
+    pub admission: crate::admission::AdmissionSection,
     pub access: AccessSection,
     pub storage: StorageSection,
     pub advanced: AdvancedSection,
@@ -199,7 +200,9 @@ fn cfg_err(e: scai_core::config::ConfigError) -> ProxyError {
     ProxyError::Config(e.to_string())
 }
 
-fn find_config_file() -> Option<PathBuf> {
+/// `DGP_CONFIG` (even if the file does not exist yet), else the first existing file of the
+/// search order.
+pub fn find_config_file() -> Option<PathBuf> {
     if let Some(p) = env::opt_string("DGP_CONFIG") {
         return Some(PathBuf::from(p));
     }
@@ -225,7 +228,7 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ProxyError> {
     let is_toml = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
-    let fc: FileConfig = if is_toml {
+    if is_toml {
         // TOML is still read (same sections and keys as the YAML) but deprecated.
         let silenced = env::bool_or("DGP_SILENCE_TOML_DEPRECATION", false).map_err(cfg_err)?;
         if !silenced {
@@ -234,18 +237,22 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ProxyError> {
                 "TOML configuration is deprecated: convert this file to YAML (deltaglider_proxy.yaml, same sections and keys); set DGP_SILENCE_TOML_DEPRECATION=true to silence this warning"
             );
         }
-        toml::from_str(&text).map_err(|e| ProxyError::Config(format!("{}: {e}", path.display())))?
-    } else {
-        serde_yaml::from_str(&text)
-            .map_err(|e| ProxyError::Config(format!("{}: {e}", path.display())))?
-    };
+    }
+    // Either shape: sectioned, or the older flat root-level keys (mixing them is an error).
+    let (fc, warnings) = crate::config_doc::parse(&text, is_toml)
+        .map_err(|e| ProxyError::Config(format!("{}: {e}", path.display())))?;
+    for w in warnings {
+        tracing::warn!(path = %path.display(), "{w}");
+    }
     validate_file(&fc)?;
     Ok(fc)
 }
 
-/// Rejects public prefixes with `..`, NUL or `//`, and `public` together with prefixes.
+/// Rejects invalid admission blocks, public prefixes with `..`, NUL or `//`, and `public`
+/// together with prefixes.
 pub fn validate_file(fc: &FileConfig) -> Result<(), ProxyError> {
     crate::oidc::validate_access(&fc.access)?;
+    crate::admission::validate(&fc.admission).map_err(ProxyError::Config)?;
     for (name, b) in &fc.storage.buckets {
         if b.public && !b.public_prefixes.is_empty() {
             return Err(ProxyError::Config(format!(
@@ -304,6 +311,7 @@ pub fn lint_file(fc: &FileConfig) -> Vec<String> {
     {
         w.push("access.auth_providers / group_mapping_rules are used in iam_mode: declarative only; in gui mode manage them through /_/api/admin/ext-auth".into());
     }
+    w.extend(crate::admission::lint(&fc.admission));
     if fc.advanced.cache_size_mb.is_some_and(|mb| mb < 1024) {
         w.push("advanced.cache_size_mb below 1024: recommend ≥1024 MB for production".into());
     }

@@ -4,10 +4,13 @@
 //! front (s3s) and the `/_/` admin surface into one axum server.
 
 pub mod admin;
+pub mod admission;
 pub mod audit;
 pub mod backend;
 pub mod bench;
+pub mod cli;
 pub mod config;
+pub mod config_doc;
 pub mod config_sync;
 pub mod crypto;
 pub mod delta;
@@ -266,7 +269,10 @@ pub async fn build_state(cfg: Config) -> Result<Arc<AppState>, ProxyError> {
         "deltaglider-proxy starting"
     );
     metrics::gauge!("process_start_time_seconds").set(chrono::Utc::now().timestamp() as f64);
+    let admission = admission::Chain::build(&cfg.file.admission, &cfg.file.storage.buckets)
+        .map_err(ProxyError::Config)?;
     Ok(Arc::new(AppState {
+        admission: parking_lot::RwLock::new(admission),
         audit: audit::AuditRing::new(cfg.audit_ring_size),
         login_limiter: admin::LoginLimiter::default(),
         sessions: admin::Sessions::new(Duration::from_secs(cfg.session_ttl_hours * 3600)),
@@ -439,6 +445,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         s3cfg,
     ))));
     let svc = axum::error_handling::HandleError::new(b.build(), handle_s3_error);
+    // The admission chain runs on S3 requests only, before s3s authenticates them.
+    let svc = tower::ServiceBuilder::new()
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admission::enforce,
+        ))
+        .service(svc);
     let lim = (
         Arc::new(tokio::sync::Semaphore::new(
             state.cfg.max_concurrent_requests,

@@ -1,5 +1,6 @@
 //! `deltaglider-proxy` binary: `serve` (default) runs the proxy from `DGP_*` env vars and the
-//! optional YAML file; `bench` measures codecs and the S3 path on a corpus of artifacts.
+//! optional YAML file; `bench` measures codecs and the S3 path on a corpus of artifacts;
+//! `config …` and `admission trace` are the operator tools (logic in `cli.rs`).
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,12 @@ enum Cmd {
     Serve,
     /// Benchmark: stored/original and throughput per codec on a corpus directory.
     Bench(deltaglider_proxy::bench::BenchArgs),
+    /// Config tools: lint, migrate, schema, defaults, apply.
+    #[command(subcommand)]
+    Config(deltaglider_proxy::cli::ConfigCmd),
+    /// Admission chain tools: trace.
+    #[command(subcommand)]
+    Admission(deltaglider_proxy::cli::AdmissionCmd),
 }
 
 fn main() {
@@ -37,6 +44,8 @@ fn main() {
     if let Some(l) = &cli.listen {
         std::env::set_var("DGP_LISTEN_ADDR", l);
     }
+    // The operator tools print their result on stdout, which logs would corrupt.
+    let tool = matches!(cli.cmd, Some(Cmd::Config(_)) | Some(Cmd::Admission(_)));
     // The bench prints a table on stdout: keep logs to warnings there.
     let default_level = if matches!(cli.cmd, Some(Cmd::Bench(_))) {
         "warn"
@@ -44,7 +53,9 @@ fn main() {
         "deltaglider_proxy=debug,tower_http=debug,info"
     };
     let level = std::env::var("DGP_LOG_LEVEL").unwrap_or_else(|_| default_level.into());
-    scai_core::telemetry::init(&level);
+    if !tool {
+        scai_core::telemetry::init(&level);
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if let Ok(Ok(n)) = std::env::var("DGP_BLOCKING_THREADS").map(|v| v.parse::<usize>()) {
@@ -64,6 +75,8 @@ fn main() {
                 deltaglider_proxy::serve(cfg).await
             }
             Cmd::Bench(args) => deltaglider_proxy::bench::run(args).await,
+            Cmd::Config(c) => std::process::exit(deltaglider_proxy::cli::run_config(c).await),
+            Cmd::Admission(c) => std::process::exit(deltaglider_proxy::cli::run_admission(c).await),
         }
     });
     if let Err(e) = result {

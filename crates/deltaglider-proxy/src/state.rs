@@ -26,39 +26,28 @@ pub struct AppState {
     pub started: std::time::Instant,
     /// Prefix usage scans and their cached results (admin usage API).
     pub usage: crate::usage::UsageScans,
+    /// The compiled admission chain (operator blocks, then public-prefix blocks).
+    pub admission: parking_lot::RwLock<crate::admission::Chain>,
 }
 
 impl AppState {
-    /// Public prefixes of a bucket (`public: true` is the same as `[""]`).
-    fn public_prefixes(&self, bucket: &str) -> Vec<String> {
-        match self.engine.policies.read().get(bucket) {
-            Some(p) if p.public => vec![String::new()],
-            Some(p) => p.public_prefixes.clone(),
-            None => vec![],
-        }
-    }
-
-    /// Anonymous GET/HEAD: the key must start with a public prefix (a trailing `/` matters:
-    /// `builds/public/` does not admit `builds/publicish/x`).
-    pub fn public_allows(&self, bucket: &str, key: &str) -> bool {
-        self.public_prefixes(bucket)
-            .iter()
-            .any(|p| key.starts_with(p.as_str()))
-    }
-
-    /// Anonymous LIST is admitted when the requested prefix is inside a public prefix or
-    /// leads to one; the listing is then filtered to public keys.
-    pub fn public_allows_list(&self, bucket: &str, prefix: &str) -> bool {
-        self.public_prefixes(bucket)
-            .iter()
-            .any(|p| prefix.starts_with(p.as_str()) || p.starts_with(prefix))
+    /// Rebuilds the admission chain from the live file config and bucket policies (after a
+    /// config PUT/apply); an invalid section keeps the previous chain.
+    pub fn rebuild_admission(&self) -> Result<(), String> {
+        let chain = crate::admission::Chain::build(
+            &self.file.read().admission,
+            &self.engine.policies.read(),
+        )?;
+        *self.admission.write() = chain;
+        Ok(())
     }
 
     pub fn allowed(&self, p: &Principal, action: Action, bucket: &str, key: &str) -> bool {
         match p {
             Principal::Open => true,
-            Principal::Anonymous => {
-                matches!(action, Action::Read | Action::List) && self.public_allows(bucket, key)
+            Principal::Anonymous(ip) => {
+                matches!(action, Action::Read | Action::List)
+                    && self.admission.read().anonymous_may_read(bucket, key, *ip)
             }
             Principal::User(u) => self.iam.evaluate(u, action, bucket, key) == Decision::Allow,
         }
@@ -68,7 +57,7 @@ impl AppState {
     pub fn can_see(&self, p: &Principal, bucket: &str, key: &str) -> bool {
         match p {
             Principal::Open => true,
-            Principal::Anonymous => self.public_allows(bucket, key),
+            Principal::Anonymous(ip) => self.admission.read().anonymous_may_read(bucket, key, *ip),
             Principal::User(u) => {
                 self.iam.evaluate(u, Action::List, bucket, key) == Decision::Allow
                     || self.iam.evaluate(u, Action::Read, bucket, key) == Decision::Allow
@@ -79,7 +68,7 @@ impl AppState {
     pub fn can_list_bucket(&self, p: &Principal, bucket: &str) -> bool {
         match p {
             Principal::Open => true,
-            Principal::Anonymous => !self.public_prefixes(bucket).is_empty(),
+            Principal::Anonymous(ip) => self.admission.read().anonymous_may_list(bucket, "", *ip),
             Principal::User(u) => self.iam.may_list_bucket(u, bucket),
         }
     }
@@ -87,7 +76,7 @@ impl AppState {
     pub fn audit_denial(&self, p: &Principal, op: &str, bucket: &str, key: &str) {
         let user = match p {
             Principal::User(u) => u.name.clone(),
-            Principal::Anonymous => "$anonymous".into(),
+            Principal::Anonymous(_) => "$anonymous".into(),
             Principal::Open => "$open".into(),
         };
         self.audit

@@ -18,8 +18,9 @@ use crate::state::AppState;
 /// Who is making the request; stored in the request extensions for the handlers.
 #[derive(Clone, Debug)]
 pub enum Principal {
-    /// No signature, admitted through a public prefix.
-    Anonymous,
+    /// No signature, admitted by an allow-anonymous admission block (a public prefix is
+    /// one); carries the client address the chain saw, for the per-key LIST filter.
+    Anonymous(Option<std::net::IpAddr>),
     /// `DGP_AUTHENTICATION=none`: everything is allowed.
     Open,
     User(Box<UserSpec>),
@@ -135,18 +136,15 @@ fn header(cx: &S3AccessContext<'_>, name: &str) -> String {
         .to_string()
 }
 
-fn query_param(cx: &S3AccessContext<'_>, name: &str) -> Option<String> {
-    let q = cx.uri().query()?;
-    url::form_urlencoded::parse(q.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
 #[async_trait::async_trait]
 impl S3Access for Access {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
         let st = &self.0;
         let ticket = cx.extensions_mut().get::<ReplayTicket>().cloned();
+        let adm = cx
+            .extensions_mut()
+            .get::<crate::admission::Admission>()
+            .cloned();
         let op = cx.s3_op().name();
         let (bucket, key) = match cx.s3_path() {
             S3Path::Root => (String::new(), String::new()),
@@ -160,16 +158,16 @@ impl S3Access for Access {
             return Ok(());
         }
         let Some(creds) = cx.credentials() else {
-            let admitted = match op {
-                "GetObject" | "HeadObject" => st.public_allows(&bucket, &key),
-                "ListObjects" | "ListObjectsV2" => {
-                    let prefix = query_param(cx, "prefix").unwrap_or_default();
-                    st.public_allows_list(&bucket, &prefix)
-                }
-                _ => false,
-            };
+            // The admission chain already ran (crate::admission::enforce); it admits
+            // anonymous GET/HEAD/LIST only, as for public prefixes.
+            let ip_addr = adm.as_ref().and_then(|a| a.source_ip);
+            let admitted = adm.is_some_and(|a| a.allow_anonymous)
+                && matches!(
+                    op,
+                    "GetObject" | "HeadObject" | "ListObjects" | "ListObjectsV2"
+                );
             if admitted {
-                cx.extensions_mut().insert(Principal::Anonymous);
+                cx.extensions_mut().insert(Principal::Anonymous(ip_addr));
                 return Ok(());
             }
             metrics::counter!("deltaglider_auth_failures_total", "reason" => "missing_header")

@@ -149,7 +149,7 @@ impl Proxy {
         req.extensions
             .get::<Principal>()
             .cloned()
-            .unwrap_or(Principal::Anonymous)
+            .unwrap_or(Principal::Anonymous(None))
     }
 
     /// The (bucket, key) of a copy source the principal may read; `op` names the operation in
