@@ -6,7 +6,9 @@
 // Handlers return early with a ready response; boxing it buys nothing here.
 #![allow(clippy::result_large_err)]
 
+mod backup;
 mod iam;
+mod password;
 mod session;
 
 use std::net::SocketAddr;
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -61,13 +63,14 @@ fn err(status: StatusCode, msg: &str) -> Response {
     (status, Json(json!({ "error": msg }))).into_response()
 }
 
-/// Admin gate: a valid session cookie bound to this client IP.
+/// Admin gate: a valid session cookie bound to this client IP (401 otherwise) whose owner is
+/// an admin: the bootstrap login or an admin IAM user (403 `admin_required` otherwise).
 fn require_session(st: &AppState, headers: &HeaderMap, addr: &SocketAddr) -> Result<(), Response> {
-    let ip = client_ip(st, headers, addr);
-    match session::cookie_token(headers) {
-        Some(t) if st.sessions.valid(&t, &ip) => Ok(()),
-        _ => Err(err(StatusCode::UNAUTHORIZED, "not_authenticated")),
+    let (_, entry) = session::any_session(st, headers, addr)?;
+    if !session::is_admin(st, &entry.who) {
+        return Err(err(StatusCode::FORBIDDEN, "admin_required"));
     }
+    Ok(())
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -86,6 +89,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/_/api/admin/config/validate", post(config_validate))
         .merge(session::routes())
         .merge(iam::routes())
+        .merge(password::routes())
+        .merge(backup::routes())
         .with_state(state)
 }
 
