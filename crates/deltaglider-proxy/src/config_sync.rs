@@ -1,9 +1,10 @@
 //! Multi-instance sync of the admin-API IAM overlay (`DGP_CONFIG_SYNC_BUCKET`, S3 backend
-//! only). Owns the object `<bucket>/.deltaglider/iam.json` on the default S3 backend's
-//! upstream: every local admin-API change is uploaded there, and the object is polled
-//! (ETag, every `DGP_CONFIG_SYNC_INTERVAL_SECS`) so a newer overlay written by another
-//! instance replaces this one's, in memory and in the local `iam.json`. The whole overlay is
-//! the unit: the last writer wins (see docs/deltaglider-proxy.md, "Multi-instance IAM sync").
+//! only). Owns the object `<bucket>/.deltaglider/config.db` on the default S3 backend's
+//! upstream: every local admin-API change is uploaded there, sealed exactly like the local
+//! config store (so instances must share the bootstrap password hash), and the object is
+//! polled (ETag, every `DGP_CONFIG_SYNC_INTERVAL_SECS`) so a newer overlay written by another
+//! instance replaces this one's, in memory and in the local store. The whole overlay is the
+//! unit: the last writer wins (see docs/deltaglider-proxy.md, "Multi-instance IAM sync").
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use crate::iam::AdminOverlay;
 use crate::state::AppState;
 
 /// Key of the shared overlay inside the sync bucket.
-pub const SYNC_KEY: &str = ".deltaglider/iam.json";
+pub const SYNC_KEY: &str = ".deltaglider/config.db";
 
 /// The upstream the sync bucket lives on: the default backend, which must be S3.
 fn upstream(cfg: &Config) -> Result<S3BackendConfig, ProxyError> {
@@ -144,6 +145,10 @@ impl Syncer {
         let Some(store) = &self.state.iam.admin_store else {
             return;
         };
+        if store.is_locked() {
+            // Nothing local to offer, and nothing pulled could be stored until recover-db.
+            return;
+        }
         let local = store.overlay();
         if local != self.synced {
             return self.push(local).await;
@@ -171,7 +176,10 @@ impl Syncer {
     }
 
     async fn push(&mut self, local: AdminOverlay) {
-        let body = match serde_json::to_vec_pretty(&local) {
+        let Some(store) = &self.state.iam.admin_store else {
+            return;
+        };
+        let body = match store.seal(&local) {
             Ok(b) => b,
             Err(e) => return tracing::error!(error = %e, "[config-sync] cannot encode overlay"),
         };
@@ -180,7 +188,7 @@ impl Syncer {
             .put_object()
             .bucket(&self.bucket)
             .key(SYNC_KEY)
-            .content_type("application/json")
+            .content_type("application/octet-stream")
             .body(body.into())
             .send()
             .await
@@ -215,12 +223,15 @@ impl Syncer {
             Ok(b) => b.into_bytes(),
             Err(e) => return tracing::warn!(error = %e, "[config-sync] download failed"),
         };
-        let remote: AdminOverlay = match serde_json::from_slice(&body) {
+        let Some(store) = &self.state.iam.admin_store else {
+            return;
+        };
+        let remote: AdminOverlay = match store.unseal(&body) {
             Ok(o) => o,
             Err(e) => {
                 // Remember the ETag so a bad object is reported once, not every round.
                 self.etag = etag;
-                return tracing::error!(error = %e, key = SYNC_KEY, "[config-sync] shared overlay is not valid JSON: ignored");
+                return tracing::error!(error = %e, key = SYNC_KEY, "[config-sync] shared store does not open with this instance's bootstrap password hash (or is corrupt): ignored");
             }
         };
         match self.state.iam.replace_overlay(remote.clone(), &self.synced) {

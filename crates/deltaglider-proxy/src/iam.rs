@@ -1,6 +1,7 @@
 //! IAM: users (access key pairs), groups, Allow/Deny permission rules on `bucket/key-glob`
 //! resources, and their evaluation (Deny wins; group rules merge with the user's own).
-//! Also the durable store of admin-API user changes ([`AdminStore`], `iam.json`).
+//! Also the durable store of admin-API user changes ([`AdminStore`], sealed in
+//! `deltaglider_config.db`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -209,7 +210,7 @@ impl Iam {
     }
 
     /// Replaces the whole overlay with one written by another instance (last writer wins):
-    /// durably into the local `iam.json` first, then in memory over the configured users
+    /// durably into the local store first, then in memory over the configured users
     /// and groups. Returns false (nothing changed) when it equals the current overlay, or
     /// when the current overlay is no longer `seen` (a local change not yet uploaded wins).
     pub fn replace_overlay(
@@ -298,7 +299,7 @@ impl Iam {
     }
 }
 
-/// What the admin API changed, as persisted in `$DGP_DATA_DIR/iam.json`: users created or
+/// What the admin API changed, as persisted (sealed) in `$DGP_DATA_DIR/deltaglider_config.db`: users created or
 /// updated through `/_/api/admin/users` (by access key) and access keys it deleted, and the
 /// same for groups (by name). Applied over the YAML/bootstrap users and YAML groups at start,
 /// so YAML edits to entities the API never touched still take effect.
@@ -343,6 +344,34 @@ impl AdminOverlay {
         }
     }
 
+    /// Records `old_key` (key changed or user deleted) as deleted and `user` as upserted.
+    pub fn record_user(&mut self, old_key: Option<&str>, user: Option<&UserSpec>) {
+        if let Some(k) = old_key {
+            self.users.remove(k);
+            if !self.deleted.iter().any(|d| d == k) {
+                self.deleted.push(k.to_string());
+            }
+        }
+        if let Some(u) = user {
+            self.deleted.retain(|d| d != &u.access_key_id);
+            self.users.insert(u.access_key_id.clone(), u.clone());
+        }
+    }
+
+    /// Group counterpart of [`AdminOverlay::record_user`].
+    pub fn record_group(&mut self, old_name: Option<&str>, group: Option<&GroupSpec>) {
+        if let Some(n) = old_name {
+            self.groups.remove(n);
+            if !self.deleted_groups.iter().any(|d| d == n) {
+                self.deleted_groups.push(n.to_string());
+            }
+        }
+        if let Some(g) = group {
+            self.deleted_groups.retain(|d| d != &g.name);
+            self.groups.insert(g.name.clone(), g.clone());
+        }
+    }
+
     /// Applies the group part of the overlay (deletions first, then upserts).
     pub fn apply_groups(&self, groups: &mut BTreeMap<String, GroupSpec>) {
         for g in &self.deleted_groups {
@@ -354,31 +383,91 @@ impl AdminOverlay {
     }
 }
 
-/// Durable store for [`AdminOverlay`]: the whole file is rewritten atomically on every change
-/// (temp file with mode 0600, fsync, rename, directory fsync) before the change is applied.
+/// Durable store for [`AdminOverlay`]: the whole overlay is sealed (see
+/// [`crate::config_store`]) and the file rewritten atomically on every change, before the
+/// change is applied.
 pub struct AdminStore {
     path: PathBuf,
+    /// Store key, derived from the bootstrap password hash.
+    key: Mutex<[u8; 32]>,
     overlay: Mutex<AdminOverlay>,
+    /// The file on disk does not open with the current key (the bootstrap hash changed
+    /// outside `PUT /_/api/admin/password`): it is left untouched, the overlay is empty and
+    /// every change is refused until `POST /_/api/admin/recover-db` moves it aside.
+    locked: std::sync::atomic::AtomicBool,
     /// Signalled after every local admin-API change (not after [`AdminStore::replace`]), so
     /// the sync uploader pushes the new overlay; a pending permit coalesces bursts.
     pub changed: std::sync::Arc<tokio::sync::Notify>,
 }
 
+/// Refused because the store is locked (see [`AdminStore::is_locked`]).
+pub const LOCKED: &str =
+    "config store is locked: it does not open with the current bootstrap password hash";
+
 impl AdminStore {
-    /// Loads `path` (missing = empty). An unreadable file stops start-up rather than silently
-    /// dropping users.
-    pub fn open(path: PathBuf) -> Result<Self, ProxyError> {
+    /// Opens the sealed store at `path` (missing = empty), migrating a plaintext `iam.json`
+    /// beside it on first start. A store sealed under another key opens locked; an
+    /// unreadable or corrupt file stops start-up rather than silently dropping users.
+    pub fn open(path: PathBuf, key: [u8; 32]) -> Result<Self, ProxyError> {
+        use crate::config_store::{open, OpenError};
+        let startup =
+            |e: &dyn std::fmt::Display| ProxyError::Startup(format!("{}: {e}", path.display()));
+        let pending = rekey_path(&path);
+        let mut locked = false;
         let overlay = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| ProxyError::Startup(format!("{}: {e}", path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => AdminOverlay::default(),
-            Err(e) => return Err(ProxyError::Startup(format!("{}: {e}", path.display()))),
+            Ok(b) => match open(&key, &b) {
+                Ok(plain) => {
+                    // A re-key that crashed before its commit point left a stale copy.
+                    let _ = std::fs::remove_file(&pending);
+                    serde_json::from_slice(&plain).map_err(|e| startup(&e))?
+                }
+                Err(OpenError::WrongKey) => match roll_forward(&path, &pending, &key) {
+                    Some(o) => o,
+                    None => {
+                        tracing::error!(path = %path.display(), "Failed to open config DB: invalid passphrase (the bootstrap password hash differs from the one it was sealed with); admin-API IAM changes are unavailable until the right hash is configured or POST /_/api/admin/recover-db resets it");
+                        locked = true;
+                        AdminOverlay::default()
+                    }
+                },
+                Err(OpenError::Format) => return Err(startup(&"not a deltaglider config store")),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match roll_forward(&path, &pending, &key) {
+                    Some(o) => o,
+                    None => Self::migrate_legacy(&path, &key)?,
+                }
+            }
+            Err(e) => return Err(startup(&e)),
         };
         Ok(AdminStore {
             path,
+            key: Mutex::new(key),
             overlay: Mutex::new(overlay),
+            locked: std::sync::atomic::AtomicBool::new(locked),
             changed: Default::default(),
         })
+    }
+
+    /// Seals a plaintext `iam.json` of an earlier version into the store, then removes the
+    /// plaintext (it holds secret keys). Missing = empty overlay.
+    fn migrate_legacy(path: &Path, key: &[u8; 32]) -> Result<AdminOverlay, ProxyError> {
+        let legacy = path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(crate::config_store::LEGACY_FILE);
+        let bytes = match std::fs::read(&legacy) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(AdminOverlay::default())
+            }
+            Err(e) => return Err(ProxyError::Startup(format!("{}: {e}", legacy.display()))),
+        };
+        let overlay: AdminOverlay = serde_json::from_slice(&bytes)
+            .map_err(|e| ProxyError::Startup(format!("{}: {e}", legacy.display())))?;
+        write_sealed(path, key, &overlay)?;
+        std::fs::remove_file(&legacy)?;
+        tracing::info!(from = %legacy.display(), to = %path.display(), users = overlay.users.len(), groups = overlay.groups.len(), "plaintext IAM overlay migrated into the encrypted config store");
+        Ok(overlay)
     }
 
     pub fn overlay(&self) -> AdminOverlay {
@@ -389,21 +478,29 @@ impl AdminStore {
         &self.path
     }
 
+    pub fn is_locked(&self) -> bool {
+        self.locked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The overlay sealed under the current key (what config sync uploads).
+    pub fn seal(&self, overlay: &AdminOverlay) -> Result<Vec<u8>, ProxyError> {
+        let body = serde_json::to_vec(overlay)
+            .map_err(|e| ProxyError::Internal(format!("iam store: {e}")))?;
+        Ok(crate::config_store::seal(&self.key.lock(), &body))
+    }
+
+    /// Opens bytes sealed by [`AdminStore::seal`] (here or on another instance sharing the
+    /// bootstrap hash).
+    pub fn unseal(&self, sealed: &[u8]) -> Result<AdminOverlay, String> {
+        let plain = crate::config_store::open(&self.key.lock(), sealed)
+            .map_err(|e| format!("cannot open sealed overlay: {e:?}"))?;
+        serde_json::from_slice(&plain).map_err(|e| e.to_string())
+    }
+
     /// Records `old_key` (if the key changed or the user was deleted) as deleted and `user`
     /// as upserted, durably. Nothing changes in memory when the write fails.
     pub fn record(&self, old_key: Option<&str>, user: Option<&UserSpec>) -> Result<(), ProxyError> {
-        self.change(|next| {
-            if let Some(k) = old_key {
-                next.users.remove(k);
-                if !next.deleted.iter().any(|d| d == k) {
-                    next.deleted.push(k.to_string());
-                }
-            }
-            if let Some(u) = user {
-                next.deleted.retain(|d| d != &u.access_key_id);
-                next.users.insert(u.access_key_id.clone(), u.clone());
-            }
-        })
+        self.change(|next| next.record_user(old_key, user))
     }
 
     /// Group counterpart of [`AdminStore::record`] (`old_name`: renamed or deleted group).
@@ -412,27 +509,21 @@ impl AdminStore {
         old_name: Option<&str>,
         group: Option<&GroupSpec>,
     ) -> Result<(), ProxyError> {
-        self.change(|next| {
-            if let Some(n) = old_name {
-                next.groups.remove(n);
-                if !next.deleted_groups.iter().any(|d| d == n) {
-                    next.deleted_groups.push(n.to_string());
-                }
-            }
-            if let Some(g) = group {
-                next.deleted_groups.retain(|d| d != &g.name);
-                next.groups.insert(g.name.clone(), g.clone());
-            }
-        })
+        self.change(|next| next.record_group(old_name, group))
     }
 
-    /// Applies `f` to a copy of the overlay, writes it durably, then makes it current.
-    fn change(&self, f: impl FnOnce(&mut AdminOverlay)) -> Result<(), ProxyError> {
+    /// Applies `f` to a copy of the overlay, writes it durably, then makes it current: one
+    /// write for a change that touches several entities (a group rename and its members, a
+    /// backup import).
+    pub fn change(&self, f: impl FnOnce(&mut AdminOverlay)) -> Result<(), ProxyError> {
+        if self.is_locked() {
+            return Err(ProxyError::Internal(LOCKED.into()));
+        }
         let mut cur = self.overlay.lock();
         let mut next = cur.clone();
         next.version = 1;
         f(&mut next);
-        write_private_atomic(&self.path, &next)?;
+        write_sealed(&self.path, &self.key.lock(), &next)?;
         *cur = next;
         self.changed.notify_one();
         Ok(())
@@ -450,7 +541,10 @@ impl AdminStore {
         next.version = 1;
         let out = f(&mut next)?;
         if next != *cur {
-            write_private_atomic(&self.path, &next)?;
+            if self.is_locked() {
+                return Err(ProxyError::Internal(LOCKED.into()).into());
+            }
+            write_sealed(&self.path, &self.key.lock(), &next)?;
             *cur = next;
             self.changed.notify_one();
         }
@@ -460,41 +554,88 @@ impl AdminStore {
     /// Replaces the whole overlay durably if it is still `seen`; false (nothing written)
     /// when it is unchanged or changed meanwhile.
     pub fn replace(&self, next: AdminOverlay, seen: &AdminOverlay) -> Result<bool, ProxyError> {
+        if self.is_locked() {
+            return Ok(false);
+        }
         let mut cur = self.overlay.lock();
         if *cur == next || *cur != *seen {
             return Ok(false);
         }
-        write_private_atomic(&self.path, &next)?;
+        write_sealed(&self.path, &self.key.lock(), &next)?;
         *cur = next;
         Ok(true)
     }
+
+    /// Re-seals the store under `key` as one crash-safe step with `commit` (which writes the
+    /// new bootstrap hash): the re-sealed copy is written beside the store first, `commit` is
+    /// the commit point, then the copy is renamed over the store. A crash after the commit
+    /// point is rolled forward by [`AdminStore::open`]; one before it leaves the old pair.
+    pub fn rekey(
+        &self,
+        key: [u8; 32],
+        commit: impl FnOnce() -> Result<(), ProxyError>,
+    ) -> Result<(), ProxyError> {
+        if self.is_locked() {
+            return Err(ProxyError::Internal(LOCKED.into()));
+        }
+        let cur = self.overlay.lock();
+        let pending = rekey_path(&self.path);
+        write_sealed(&pending, &key, &cur)?;
+        if let Err(e) = commit() {
+            let _ = std::fs::remove_file(&pending);
+            return Err(e);
+        }
+        std::fs::rename(&pending, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        *self.key.lock() = key;
+        Ok(())
+    }
+
+    /// `recover-db`: moves a locked store aside (kept, renamed with a timestamp) and starts
+    /// empty. Returns where the old file went.
+    pub fn reset(&self) -> Result<PathBuf, ProxyError> {
+        let cur = self.overlay.lock();
+        let aside = self.path.with_file_name(format!(
+            "{}.unreadable-{}",
+            crate::config_store::FILE,
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+        ));
+        match std::fs::rename(&self.path, &aside) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        drop(cur);
+        *self.overlay.lock() = AdminOverlay::default();
+        self.locked
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        Ok(aside)
+    }
 }
 
-fn write_private_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), ProxyError> {
-    use std::io::Write;
-    let body = serde_json::to_vec_pretty(value)
-        .map_err(|e| ProxyError::Internal(format!("iam store: {e}")))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("iam.json")
-    ));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp)?;
-    f.write_all(&body)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()?;
+/// Where [`AdminStore::rekey`] stages the re-sealed store.
+fn rekey_path(path: &Path) -> PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("store");
+    path.with_file_name(format!("{name}.rekey"))
+}
+
+/// Finishes a re-key that crashed after its commit point: the staged copy opens with the
+/// current key, so it becomes the store.
+fn roll_forward(path: &Path, pending: &Path, key: &[u8; 32]) -> Option<AdminOverlay> {
+    let bytes = std::fs::read(pending).ok()?;
+    let plain = crate::config_store::open(key, &bytes).ok()?;
+    let overlay = serde_json::from_slice(&plain).ok()?;
+    std::fs::rename(pending, path).ok()?;
+    tracing::warn!(path = %path.display(), "finished an interrupted config store re-key");
+    Some(overlay)
+}
+
+fn write_sealed(path: &Path, key: &[u8; 32], overlay: &AdminOverlay) -> Result<(), ProxyError> {
+    let body =
+        serde_json::to_vec(overlay).map_err(|e| ProxyError::Internal(format!("iam store: {e}")))?;
+    crate::config_store::write_atomic(path, &crate::config_store::seal(key, &body))?;
     Ok(())
 }
 

@@ -8,9 +8,11 @@ pub mod admission;
 pub mod audit;
 pub mod backend;
 pub mod bench;
+pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod config_doc;
+pub mod config_store;
 pub mod config_sync;
 pub mod crypto;
 pub mod delta;
@@ -247,13 +249,15 @@ pub async fn build_state(cfg: Config) -> Result<Arc<AppState>, ProxyError> {
         users.push(iam::bootstrap_user(k, s));
     }
     let mut iam = iam::Iam::new(users, cfg.file.access.iam_groups.clone());
-    let iam_path = cfg.data_dir.join("iam.json");
+    let bootstrap = bootstrap::Bootstrap::load(&cfg)?;
+    let store_path = cfg.data_dir.join(config_store::FILE);
     if cfg.iam_declarative {
-        if iam_path.exists() {
-            tracing::warn!(path = %iam_path.display(), "iam_mode: declarative: admin-API IAM changes in this file are ignored");
+        if store_path.exists() || cfg.data_dir.join(config_store::LEGACY_FILE).exists() {
+            tracing::warn!(path = %store_path.display(), "iam_mode: declarative: admin-API IAM changes in the config store are ignored");
         }
     } else {
-        iam.attach_store(iam::AdminStore::open(iam_path)?);
+        let key = config_store::key_for(&bootstrap.hash());
+        iam.attach_store(iam::AdminStore::open(store_path, key)?);
     }
     // Staging stays on local disk for every backend kind (see multipart.rs): parts must be
     // fsynced before they are acknowledged, and uploads in flight survive a restart.
@@ -282,6 +286,7 @@ pub async fn build_state(cfg: Config) -> Result<Arc<AppState>, ProxyError> {
         replay: s3::auth::ReplayGuard::new(cfg.replay_window_secs),
         oidc: oidc::Oidc::new(),
         file: parking_lot::RwLock::new(cfg.file.clone()),
+        bootstrap,
         cfg,
         started: Instant::now(),
         usage: usage::UsageScans::default(),

@@ -17,6 +17,10 @@ struct Cli {
     /// Listen address (same as DGP_LISTEN_ADDR).
     #[arg(long, global = true)]
     listen: Option<String>,
+    /// Read a new bootstrap (admin) password from stdin, store its bcrypt hash in
+    /// `$DGP_DATA_DIR/.deltaglider_bootstrap_hash`, wipe the config store, and exit.
+    #[arg(long)]
+    set_bootstrap_password: bool,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -46,6 +50,19 @@ fn main() {
     }
     // The operator tools print their result on stdout, which logs would corrupt.
     let tool = matches!(cli.cmd, Some(Cmd::Config(_)) | Some(Cmd::Admission(_)));
+    if cli.set_bootstrap_password {
+        let data_dir = std::env::var("DGP_DATA_DIR").unwrap_or_else(|_| "./data".into());
+        match deltaglider_proxy::bootstrap::set_from_stdin(std::path::Path::new(&data_dir)) {
+            Ok(msg) => {
+                eprintln!("deltaglider-proxy: {msg}");
+                return;
+            }
+            Err(e) => {
+                eprintln!("deltaglider-proxy: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     // The bench prints a table on stdout: keep logs to warnings there.
     let default_level = if matches!(cli.cmd, Some(Cmd::Bench(_))) {
         "warn"

@@ -18,6 +18,8 @@ pub struct AppState {
     pub iam: Iam,
     pub audit: AuditRing,
     pub sessions: crate::admin::Sessions,
+    /// The bootstrap password hash in use (login, the config store key).
+    pub bootstrap: crate::bootstrap::Bootstrap,
     pub login_limiter: crate::admin::LoginLimiter,
     /// SigV4 replay detection (`DGP_REPLAY_WINDOW_SECS`).
     pub replay: crate::s3::auth::ReplayGuard,

@@ -1,6 +1,6 @@
 //! State that must survive a proxy restart (SIGKILL included): in-flight multipart uploads
 //! (manifest + fsynced parts under `$DGP_DATA_DIR/multipart`, on both backends), the idle
-//! multipart sweeper, and IAM users created through the admin API (`iam.json`).
+//! multipart sweeper, and IAM users created through the admin API (the sealed `deltaglider_config.db`).
 
 mod common;
 
@@ -625,11 +625,16 @@ async fn admin_created_users_survive_restart() {
         .as_str()
         .unwrap()
         .to_string();
-    let store = std::fs::metadata(p.data.join("iam.json")).unwrap();
+    let store = std::fs::metadata(p.data.join("deltaglider_config.db")).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(store.permissions().mode() & 0o777, 0o600);
     }
+    // Sealed at rest: the secret is not in the file.
+    let sealed = std::fs::read(p.data.join("deltaglider_config.db")).unwrap();
+    assert!(!sealed
+        .windows(hank_secret.len())
+        .any(|w| w == hank_secret.as_bytes()));
 
     restart(&mut p).await;
 

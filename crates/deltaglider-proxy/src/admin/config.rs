@@ -40,7 +40,7 @@ struct Format {
 }
 
 /// The running file config with the live bucket policies.
-fn live_file(st: &AppState) -> crate::config::FileConfig {
+pub(super) fn live_file(st: &AppState) -> crate::config::FileConfig {
     let mut fc = st.file.read().clone();
     fc.storage.buckets = st.engine.policies.read().clone();
     fc
@@ -48,7 +48,10 @@ fn live_file(st: &AppState) -> crate::config::FileConfig {
 
 /// One section as JSON, secrets redacted (serde skips backend and encryption secrets; user
 /// secrets are blanked to "" as the spec's exports do). `None` for an unknown name.
-fn section_value(fc: &crate::config::FileConfig, name: &str) -> Option<serde_json::Value> {
+pub(super) fn section_value(
+    fc: &crate::config::FileConfig,
+    name: &str,
+) -> Option<serde_json::Value> {
     let v = match name {
         "storage" => serde_json::to_value(&fc.storage),
         "access" => {

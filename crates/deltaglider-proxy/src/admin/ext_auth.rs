@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{audit_iam_change, client_ip, err, require_session, St, COOKIE};
+use super::{audit_iam_change, client_ip, err, require_session, St};
 use crate::iam::{Permission, UserSpec};
 use crate::oidc::{self, ExtAuthError, MappingRule, ProviderSpec};
 use crate::state::AppState;
@@ -517,16 +517,14 @@ async fn callback(
         fail("not_authorized", &user.name);
         return err(StatusCode::FORBIDDEN, "not_authorized");
     }
-    let token = st.sessions.create(&ip);
+    // A session as that user (`login-as` semantics): looked up on every request, so losing
+    // admin rights later ends its admin access.
+    let token = st
+        .sessions
+        .create(&ip, super::session::Who::User(user.name.clone()));
     st.audit
         .record("oauth_login", &user.name, &provider, &ip, "", "", "");
-    // The same cookie as the password login (see `login` in mod.rs).
-    let secure = if scai_core::config::bool_or("DGP_SECURE_COOKIES", true).unwrap_or(true) {
-        "; Secure"
-    } else {
-        ""
-    };
-    let cookie = format!("{COOKIE}={token}; Path=/_/; HttpOnly; SameSite=Strict{secure}");
+    let cookie = super::session::session_cookie(&token);
     (
         StatusCode::FOUND,
         [

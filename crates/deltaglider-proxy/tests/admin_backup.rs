@@ -1,0 +1,448 @@
+//! Backup and IAM export end to end against the real binary: the backup zip's parts and
+//! manifest checksums, import on a second instance (users sign there with aws-sdk-s3),
+//! skip-not-overwrite on re-import, a tampered part refused before any change, the pre-0.8.4
+//! JSON import, the declarative IAM export (loaded by a third instance as its YAML), and the
+//! `iam_declarative` guard on every IAM mutation route.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use common::*;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+fn env_with(pw: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("DGP_BOOTSTRAP_PASSWORD_HASH", bcrypt::hash(pw, 4).unwrap()),
+        ("DGP_SECURE_COOKIES", "false".into()),
+    ]
+}
+
+async fn login(base: &str, pw: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/_/api/admin/login"))
+        .json(&json!({ "password": pw }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+async fn post_json(url: String, cookie: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .header("cookie", cookie)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn import(base: &str, cookie: &str, body: Vec<u8>) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/_/api/admin/backup"))
+        .header("cookie", cookie)
+        .header("content-type", "application/zip")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn user_names(base: &str, cookie: &str) -> Vec<String> {
+    let v: Value = reqwest::Client::new()
+        .get(format!("{base}/_/api/admin/users"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut n: Vec<String> = v["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap().to_string())
+        .collect();
+    n.sort();
+    n
+}
+
+fn unzip(bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    let mut za = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    let mut out = BTreeMap::new();
+    for i in 0..za.len() {
+        let mut f = za.by_index(i).unwrap();
+        let mut b = Vec::new();
+        f.read_to_end(&mut b).unwrap();
+        out.insert(f.name().unwrap().to_string(), b);
+    }
+    out
+}
+
+fn rezip(parts: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+    let mut zw = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (n, b) in parts {
+        zw.start_file(n.as_str(), opts).unwrap();
+        zw.write_all(b).unwrap();
+    }
+    zw.finish().unwrap().into_inner()
+}
+
+#[tokio::test]
+async fn backup_exports_and_imports_between_instances() {
+    let a = start_proxy(None, &env_with("pw-a")).await;
+    let ca = login(&a.url(), "pw-a").await;
+    let (s, _) = post_json(
+        format!("{}/_/api/admin/groups", a.url()),
+        &ca,
+        json!({"name": "readers", "permissions": [{"actions": ["read", "list"], "resources": ["bkt/*"]}]}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, u1) = post_json(
+        format!("{}/_/api/admin/users", a.url()),
+        &ca,
+        json!({"name": "ursula", "access_key_id": "URSAK", "groups": ["readers"]}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let ursula_sk = u1["secret_access_key"].as_str().unwrap().to_string();
+    let (s, _) = post_json(
+        format!("{}/_/api/admin/users", a.url()),
+        &ca,
+        json!({"name": "victor", "access_key_id": "VICAK", "secret_access_key": "victor-secret-1234",
+               "permissions": [{"actions": ["*"], "resources": ["*"]}]}),
+    )
+    .await;
+    assert_eq!(s, 201);
+
+    // Export: four parts, checksums in the manifest, secrets only in secrets.json.
+    let r = reqwest::Client::new()
+        .get(format!("{}/_/api/admin/backup", a.url()))
+        .header("cookie", &ca)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/zip");
+    let zip_bytes = r.bytes().await.unwrap().to_vec();
+    let parts = unzip(&zip_bytes);
+    let names: Vec<&str> = parts.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        vec!["config.yaml", "iam.json", "manifest.json", "secrets.json"]
+    );
+    let manifest: Value = serde_json::from_slice(&parts["manifest.json"]).unwrap();
+    assert!(manifest["created_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(manifest["version"], 1);
+    for n in ["config.yaml", "iam.json", "secrets.json"] {
+        assert_eq!(
+            manifest["files"][n].as_str().unwrap(),
+            hex::encode(Sha256::digest(&parts[n])),
+            "{n}"
+        );
+    }
+    let iam: Value = serde_json::from_slice(&parts["iam.json"]).unwrap();
+    assert!(!String::from_utf8_lossy(&parts["iam.json"]).contains(&ursula_sk));
+    assert_eq!(
+        iam["memberships"],
+        json!([{"user": "ursula", "group": "readers"}])
+    );
+    let secrets: Value = serde_json::from_slice(&parts["secrets.json"]).unwrap();
+    assert_eq!(secrets["user_secrets"]["URSAK"], ursula_sk.as_str());
+    assert!(secrets["bootstrap_password_hash"]
+        .as_str()
+        .unwrap()
+        .starts_with("$2"));
+
+    // A tampered part is refused before anything changes.
+    let b_env = env_with("pw-b");
+    let b = start_proxy(None, &b_env).await;
+    let cb = login(&b.url(), "pw-b").await;
+    let mut bad = parts.clone();
+    let mut bad_iam = iam.clone();
+    bad_iam["users"][0]["permissions"] = json!([{"actions": ["*"], "resources": ["*"]}]);
+    bad.insert("iam.json".into(), serde_json::to_vec(&bad_iam).unwrap());
+    let (s, v) = import(&b.url(), &cb, rezip(&bad)).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("SHA-256"), "{v}");
+    let mut missing = parts.clone();
+    missing.remove("secrets.json");
+    let (s, _) = import(&b.url(), &cb, rezip(&missing)).await;
+    assert_eq!(s, 400);
+    let (s, _) = import(&b.url(), &cb, b"PK\x03\x04garbage".to_vec()).await;
+    assert_eq!(s, 400);
+    assert!(user_names(&b.url(), &cb).await.is_empty());
+
+    // The real zip: everything created, and the users sign on B.
+    let (s, v) = import(&b.url(), &cb, zip_bytes.clone()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({"users_created": 2, "users_skipped": 0, "groups_created": 1, "groups_skipped": 0,
+               "memberships_created": 1, "external_identities_created": 0,
+               "external_identities_skipped": 0})
+    );
+    b.client()
+        .create_bucket()
+        .bucket("bkt")
+        .send()
+        .await
+        .unwrap();
+    put_bytes(&b.client(), "bkt", "f.txt", b"restored").await;
+    assert_eq!(
+        get_bytes(&b.client_as("URSAK", &ursula_sk), "bkt", "f.txt").await,
+        b"restored"
+    );
+    assert!(b
+        .client_as("URSAK", &ursula_sk)
+        .put_object()
+        .bucket("bkt")
+        .key("g.txt")
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .is_err());
+    assert_eq!(
+        get_bytes(&b.client_as("VICAK", "victor-secret-1234"), "bkt", "f.txt").await,
+        b"restored"
+    );
+
+    // Re-import: existing names are skipped, not overwritten.
+    let (s, _) = post_json(
+        format!("{}/_/api/admin/users/VICAK/rotate-keys", b.url()),
+        &cb,
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, v) = import(&b.url(), &cb, zip_bytes).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["users_created"], 0);
+    assert_eq!(v["users_skipped"], 2);
+    assert_eq!(v["groups_skipped"], 1);
+    assert!(b
+        .client_as("VICAK", "victor-secret-1234")
+        .list_buckets()
+        .send()
+        .await
+        .is_err());
+
+    // The pre-0.8.4 JSON import.
+    let legacy = json!({
+        "users": [{"name": "wendy", "access_key_id": "WENAK", "secret_access_key": "wendy-secret-5678",
+                   "permissions": [{"actions": ["read", "list"], "resources": ["bkt/*"]}]},
+                  {"name": "ursula", "access_key_id": "OTHERAK", "secret_access_key": "x"}],
+        "groups": [{"name": "writers", "permissions": []}, {"name": "readers"}]
+    });
+    let (s, v) = import(&b.url(), &cb, serde_json::to_vec(&legacy).unwrap()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (
+            &v["users_created"],
+            &v["users_skipped"],
+            &v["groups_created"],
+            &v["groups_skipped"]
+        ),
+        (&json!(1), &json!(1), &json!(1), &json!(1))
+    );
+    assert_eq!(
+        get_bytes(&b.client_as("WENAK", "wendy-secret-5678"), "bkt", "f.txt").await,
+        b"restored"
+    );
+    let (s, _) = import(&b.url(), &cb, b"{not json".to_vec()).await;
+    assert_eq!(s, 400);
+
+    // Imported users survive a restart of B (they are in its sealed store).
+    let data = b.data.clone();
+    let mut b = b;
+    let keep = b.keep.take();
+    drop(b);
+    let b2 = start_proxy_in(&data, None, &b_env, keep).await;
+    assert_eq!(
+        get_bytes(&b2.client_as("URSAK", &ursula_sk), "bkt", "f.txt").await,
+        b"restored"
+    );
+
+    // Declarative IAM export: an `access:` fragment with blanked secrets, which a new
+    // instance loads as its YAML once the secrets are filled in.
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{}/_/api/admin/config/declarative-iam-export",
+            a.url()
+        ))
+        .header("cookie", &ca)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    assert_eq!(doc["access"]["iam_mode"], "declarative");
+    let users = doc["access"]["iam_users"].as_sequence_mut().unwrap();
+    assert_eq!(users.len(), 2, "{text}");
+    for u in users.iter_mut() {
+        assert_eq!(u["secret_access_key"], "", "{text}");
+        if u["name"] == "ursula" {
+            u["secret_access_key"] = ursula_sk.clone().into();
+        }
+    }
+    assert_eq!(doc["access"]["iam_groups"][0]["name"], "readers");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yaml");
+    let yaml = serde_yaml::to_string(&doc).unwrap();
+    std::fs::write(&cfg, &yaml).unwrap();
+    let c = start_proxy(None, &[("DGP_CONFIG", cfg.to_str().unwrap().to_string())]).await;
+    c.client()
+        .create_bucket()
+        .bucket("bkt")
+        .send()
+        .await
+        .unwrap();
+    put_bytes(&c.client(), "bkt", "f.txt", b"declared").await;
+    let got = c
+        .client_as("URSAK", &ursula_sk)
+        .get_object()
+        .bucket("bkt")
+        .key("f.txt")
+        .send()
+        .await;
+    assert!(got.is_ok(), "{got:?}\n{yaml}\n{}", c.proc.logs());
+}
+
+#[tokio::test]
+async fn declarative_mode_refuses_every_iam_mutation() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        r#"
+access:
+  iam_mode: declarative
+  iam_users:
+    - name: alice
+      access_key_id: ALICEAK
+      secret_access_key: ALICESECRET
+      groups: [readers]
+      permissions:
+        - actions: ["*"]
+          resources: ["*"]
+  iam_groups:
+    - name: readers
+      permissions:
+        - actions: [read]
+          resources: ["bkt/*"]
+"#,
+    )
+    .unwrap();
+    let mut env = env_with("pw-d");
+    env.push(("DGP_CONFIG", cfg.to_str().unwrap().to_string()));
+    let p = start_proxy(None, &env).await;
+    let base = p.url();
+    let c = login(&base, "pw-d").await;
+    let http = reqwest::Client::new();
+    let zip = http
+        .get(format!("{base}/_/api/admin/backup"))
+        .header("cookie", &c)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(zip.status(), 200);
+    let zip = zip.bytes().await.unwrap().to_vec();
+    let user = json!({"name": "x", "access_key_id": "XAK"});
+    let group = json!({"name": "g"});
+    let member = json!({"user_id": "ALICEAK"});
+    let cases: Vec<(reqwest::Method, String, Option<Value>)> = vec![
+        (
+            reqwest::Method::POST,
+            "/_/api/admin/users".into(),
+            Some(user.clone()),
+        ),
+        (
+            reqwest::Method::PUT,
+            "/_/api/admin/users/ALICEAK".into(),
+            Some(user),
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/_/api/admin/users/ALICEAK".into(),
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            "/_/api/admin/users/ALICEAK/rotate-keys".into(),
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            "/_/api/admin/groups".into(),
+            Some(group.clone()),
+        ),
+        (
+            reqwest::Method::PUT,
+            "/_/api/admin/groups/readers".into(),
+            Some(group),
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/_/api/admin/groups/readers".into(),
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            "/_/api/admin/groups/readers/members".into(),
+            Some(member),
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/_/api/admin/groups/readers/members/ALICEAK".into(),
+            None,
+        ),
+    ];
+    for (m, path, body) in cases {
+        let mut rb = http
+            .request(m.clone(), format!("{base}{path}"))
+            .header("cookie", &c);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let r = rb.send().await.unwrap();
+        assert_eq!(r.status(), 403, "{m} {path}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"error": "iam_declarative"}),
+            "{m} {path}"
+        );
+    }
+    let (s, v) = import(&base, &c, zip).await;
+    assert_eq!((s, v), (403, json!({"error": "iam_declarative"})));
+    // Nothing changed: alice still signs with her key.
+    p.client()
+        .create_bucket()
+        .bucket("bkt")
+        .send()
+        .await
+        .unwrap();
+    assert!(p
+        .client_as("ALICEAK", "ALICESECRET")
+        .list_objects_v2()
+        .bucket("bkt")
+        .send()
+        .await
+        .is_ok());
+}
