@@ -444,7 +444,7 @@ impl Chain {
 
     /// Why `b` does not match `f`, or `None` when it does.
     fn mismatch(&self, b: &Block, f: &Facts) -> Option<String> {
-        if !b.methods.is_empty() && !b.methods.iter().any(|m| *m == f.method) {
+        if !b.methods.is_empty() && !b.methods.contains(&f.method) {
             return Some("method".into());
         }
         if !b.sources.is_empty() {
