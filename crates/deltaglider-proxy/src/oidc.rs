@@ -747,10 +747,9 @@ impl Oidc {
         match self.fetch_issuer(&p.issuer_url).await {
             Ok(e) => {
                 let n = e.keys.keys.len();
-                let out = json!({"ok": n > 0, "issuer": e.disc.issuer,
+                let mut out = json!({"ok": n > 0, "issuer": e.disc.issuer,
                     "authorization_endpoint": e.disc.authorization_endpoint,
                     "token_endpoint": e.disc.token_endpoint, "jwks_keys": n});
-                let mut out = out;
                 if n == 0 {
                     out["error"] = json!("the JWKS holds no keys");
                 }
