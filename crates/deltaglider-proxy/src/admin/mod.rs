@@ -23,6 +23,9 @@ use serde_json::json;
 use crate::iam::{GroupSpec, UserSpec};
 use crate::state::AppState;
 
+mod backends;
+mod replication;
+
 const COOKIE: &str = "dgp_session";
 const MAX_SESSIONS: usize = 10;
 
@@ -184,6 +187,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/_/api/admin/config/apply", post(config_apply))
         .route("/_/api/admin/config/export", get(config_export))
         .route("/_/api/admin/config/validate", post(config_validate))
+        .merge(backends::routes())
+        .merge(replication::routes())
         .with_state(state)
 }
 
