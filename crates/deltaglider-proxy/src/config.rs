@@ -39,6 +39,47 @@ pub struct EncryptionSpec {
     #[serde(skip_serializing)]
     pub legacy_key: Option<String>,
     pub legacy_key_id: Option<String>,
+    /// `sse-kms`: the KMS key (ARN or alias); absent = the account's default S3 KMS key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+    /// `sse-kms`: sent as `x-amz-server-side-encryption-bucket-key-enabled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket_key_enabled: Option<bool>,
+}
+
+/// The encryption modes a backend can run (`encryption.mode`).
+pub const ENCRYPTION_MODES: [&str; 4] = ["none", "aes256-gcm-proxy", "sse-kms", "sse-s3"];
+
+/// Named-backend names: they become env var infixes (`DGP_BACKEND_<NAME>_*`) and spool
+/// directory names, so they are kept to `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
+pub fn valid_backend_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// Checks one backend's `encryption:` block against its type: a known mode, and no native
+/// SSE mode on a filesystem backend (there is no server to encrypt for it).
+pub fn validate_encryption(
+    backend: &str,
+    kind: &str,
+    e: &EncryptionSpec,
+) -> Result<(), ProxyError> {
+    if let Some(mode) = e.mode.as_deref() {
+        if !ENCRYPTION_MODES.contains(&mode) {
+            return Err(ProxyError::Config(format!(
+                "backend {backend:?}: unknown encryption mode {mode:?} (expected one of {})",
+                ENCRYPTION_MODES.join(", ")
+            )));
+        }
+        if mode.starts_with("sse-") && kind == "filesystem" {
+            return Err(ProxyError::Config(format!(
+                "backend {backend:?}: encryption mode {mode} works only on S3 backends, not on a filesystem backend"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// One named backend (`storage.backends[]`, or the singleton `storage.backend`).
@@ -83,6 +124,8 @@ pub struct StorageSection {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<BackendSpec>,
     pub buckets: BTreeMap<String, BucketPolicy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<crate::replication::ReplicationSection>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -248,11 +291,35 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ProxyError> {
     Ok(fc)
 }
 
-/// Rejects invalid admission blocks, public prefixes with `..`, NUL or `//`, and `public`
-/// together with prefixes.
+/// Rejects invalid access (OIDC) and admission sections, public prefixes with `..`, NUL or `//`, and `public` together with prefixes;
+/// invalid or duplicate backend names and encryption modes a backend cannot run.
 pub fn validate_file(fc: &FileConfig) -> Result<(), ProxyError> {
     crate::oidc::validate_access(&fc.access)?;
     crate::admission::validate(&fc.admission).map_err(ProxyError::Config)?;
+    let mut seen = std::collections::HashSet::new();
+    for b in &fc.storage.backends {
+        if !valid_backend_name(&b.name) {
+            return Err(ProxyError::Config(format!(
+                "storage.backends: invalid backend name {:?} (1-64 chars [A-Za-z0-9_.-], starting with a letter or digit)",
+                b.name
+            )));
+        }
+        if !seen.insert(b.name.as_str()) {
+            return Err(ProxyError::Config(format!(
+                "storage.backends: duplicate backend name {:?}",
+                b.name
+            )));
+        }
+        if let Some(e) = &b.encryption {
+            validate_encryption(&b.name, &b.kind, e)?;
+        }
+    }
+    if let (Some(e), Some(kind)) = (&fc.storage.backend_encryption, singleton_kind(fc)) {
+        validate_encryption("default", kind, e)?;
+    }
+    if let Some(r) = &fc.storage.replication {
+        crate::replication::validate(r)?;
+    }
     for (name, b) in &fc.storage.buckets {
         if b.public && !b.public_prefixes.is_empty() {
             return Err(ProxyError::Config(format!(
@@ -278,6 +345,20 @@ pub fn validate_file(fc: &FileConfig) -> Result<(), ProxyError> {
         }
     }
     Ok(())
+}
+
+/// The singleton backend's type as far as the file tells (`DGP_S3_ENDPOINT` can still make
+/// it S3 at start-up, where the same check runs again).
+fn singleton_kind(fc: &FileConfig) -> Option<&'static str> {
+    let st = &fc.storage;
+    if st.s3.is_some() || st.backend.as_ref().is_some_and(|b| b.kind == "s3") {
+        Some("s3")
+    } else if st.filesystem.is_some() || st.backend.as_ref().is_some_and(|b| b.kind == "filesystem")
+    {
+        Some("filesystem")
+    } else {
+        None
+    }
 }
 
 /// Non-fatal findings in a file, for the validate dry run (start-up logs the same ones).

@@ -345,6 +345,8 @@ impl Backend for EncryptedBackend {
         let body = self.inner.get_bytes(bucket, key).await?;
         let meta = head.meta.unwrap_or_default();
         match meta.encrypted.as_deref() {
+            // Native SSE objects are plain to the proxy: never decrypted, never probed.
+            None if meta.encrypted_native.is_some() => Ok(body),
             None => {
                 if body.starts_with(MAGIC) && self.current.is_some() {
                     return Err(ProxyError::Integrity("object body starts with DGE1 but carries no dg-encrypted marker: xattrs may have been stripped during backup/restore".into()));
@@ -383,6 +385,9 @@ impl Backend for EncryptedBackend {
             .ok_or(ProxyError::NoSuchKey)?;
         let meta = head.meta.clone().unwrap_or_default();
         match meta.encrypted.as_deref() {
+            None if meta.encrypted_native.is_some() => {
+                self.inner.get_stream(bucket, key, range).await
+            }
             None => {
                 if self.current.is_some() {
                     let probe = collect(

@@ -21,12 +21,12 @@ pub mod iam;
 pub mod meta;
 pub mod multipart;
 pub mod oidc;
+pub mod replication;
 pub mod s3;
 pub mod state;
 pub mod tls;
 pub mod usage;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,190 +36,14 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::Router;
 
-use crate::backend::fs::FsBackend;
-use crate::backend::s3::{S3Backend, S3BackendConfig};
-use crate::backend::Backend;
 use crate::config::Config;
 use crate::delta::{Engine, EngineConfig};
 use crate::error::ProxyError;
 use crate::state::AppState;
 
-/// Builds the backends named by the config: the default (S3 if an endpoint is set, else the
-/// filesystem under `DGP_DATA_DIR`) plus every entry of `storage.backends`.
-type Backends = HashMap<String, Arc<dyn Backend>>;
-
-fn build_backends(cfg: &Config) -> Result<(Backends, String), ProxyError> {
-    let mut map: HashMap<String, Arc<dyn Backend>> = HashMap::new();
-    let spool = cfg.data_dir.join("spool");
-    for b in &cfg.file.storage.backends {
-        let be: Arc<dyn Backend> = match b.kind.as_str() {
-            "filesystem" => Arc::new(FsBackend::open(std::path::Path::new(
-                b.path.as_deref().unwrap_or("./data"),
-            ))?),
-            "s3" => {
-                let endpoint = b.endpoint.clone().ok_or_else(|| {
-                    ProxyError::Config(format!("storage.backends.{}: endpoint is required", b.name))
-                })?;
-                Arc::new(S3Backend::new(
-                    &S3BackendConfig {
-                        endpoint,
-                        region: b.region.clone().unwrap_or_else(|| "us-east-1".into()),
-                        path_style: b.force_path_style.unwrap_or(true),
-                        access_key_id: b.access_key_id.clone().unwrap_or_default(),
-                        secret_access_key: b.secret_access_key.clone().unwrap_or_default(),
-                    },
-                    spool.join(&b.name),
-                    cfg.metadata_cache_mb * 1024 * 1024,
-                )?)
-            }
-            other => {
-                return Err(ProxyError::Config(format!(
-                    "storage.backends.{}: unknown type {other:?}",
-                    b.name
-                )))
-            }
-        };
-        map.insert(b.name.clone(), be);
-    }
-    // Two backends pinning the same key id must hold the same key bytes.
-    let mut pinned = Vec::new();
-    for b in &cfg.file.storage.backends {
-        if let Some(be) = map.remove(&b.name) {
-            map.insert(
-                b.name.clone(),
-                wrap_encryption(be, &b.name, b.encryption.as_ref(), &mut pinned)?,
-            );
-        }
-    }
-    let default = if map.is_empty() {
-        let be: Arc<dyn Backend> = match cfg.default_s3()? {
-            Some(s3) => Arc::new(S3Backend::new(
-                &s3,
-                spool.join("default"),
-                cfg.metadata_cache_mb * 1024 * 1024,
-            )?),
-            None => Arc::new(FsBackend::open(&cfg.data_dir)?),
-        };
-        let be = wrap_encryption(
-            be,
-            "default",
-            cfg.file.storage.backend_encryption.as_ref(),
-            &mut pinned,
-        )?;
-        map.insert("default".into(), be);
-        "default".to_string()
-    } else {
-        cfg.file
-            .storage
-            .default_backend
-            .clone()
-            .unwrap_or_else(|| cfg.file.storage.backends[0].name.clone())
-    };
-    if !map.contains_key(&default) {
-        return Err(ProxyError::Config(format!(
-            "storage.default_backend {default:?} is not a configured backend"
-        )));
-    }
-    for (bucket, pol) in &cfg.file.storage.buckets {
-        if let Some(b) = &pol.backend {
-            if !map.contains_key(b) {
-                tracing::warn!(bucket = %bucket, backend = %b, "bucket routes to an unknown backend; the default backend is used");
-            }
-        }
-    }
-    Ok((map, default))
-}
-
-/// Env name of a backend's key: `DGP_BACKEND_<NAME>_ENCRYPTION_KEY` (the singleton uses
-/// `DGP_ENCRYPTION_KEY`).
-fn key_env(name: &str) -> String {
-    if name == "default" {
-        "DGP_ENCRYPTION_KEY".into()
-    } else {
-        format!(
-            "DGP_BACKEND_{}_ENCRYPTION_KEY",
-            name.to_ascii_uppercase().replace(['-', '.'], "_")
-        )
-    }
-}
-
-/// Wraps a backend in proxy-side AES-256-GCM when it has a key (env first, then YAML).
-fn wrap_encryption(
-    be: Arc<dyn Backend>,
-    name: &str,
-    spec: Option<&config::EncryptionSpec>,
-    pinned: &mut Vec<(String, crypto::KeyGen)>,
-) -> Result<Arc<dyn Backend>, ProxyError> {
-    let var = key_env(name);
-    let env_key = scai_core::config::opt_string(&var);
-    let spec = spec.cloned().unwrap_or_default();
-    let mode = spec.mode.clone().unwrap_or_else(|| {
-        if env_key.is_some() {
-            "aes256-gcm-proxy".into()
-        } else {
-            "none".into()
-        }
-    });
-    match mode.as_str() {
-        "none" | "aes256-gcm-proxy" => {}
-        "sse-kms" | "sse-s3" if be.kind() == "filesystem" => {
-            return Err(ProxyError::Config(format!(
-                "backend {name:?}: {mode} works only on S3 backends"
-            )))
-        }
-        other => {
-            return Err(ProxyError::Config(format!(
-                "backend {name:?}: encryption mode {other:?} is not supported by this proxy"
-            )))
-        }
-    }
-    let key = if mode == "aes256-gcm-proxy" {
-        match (env_key, spec.key.clone()) {
-            (Some(k), _) => Some(crypto::KeyGen::parse(name, &k, spec.key_id.as_deref())?),
-            (None, Some(k)) => {
-                tracing::warn!("backend '{name}' encryption key was loaded from config file (not DGP_*_ENCRYPTION_KEY)");
-                Some(crypto::KeyGen::parse(name, &k, spec.key_id.as_deref())?)
-            }
-            (None, None) => {
-                tracing::warn!(backend = %name, "proxy-AES encryption mode without a key: writes land in plaintext");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let legacy = match &spec.legacy_key {
-        Some(k) => Some(crypto::KeyGen::parse(
-            name,
-            k,
-            spec.legacy_key_id.as_deref(),
-        )?),
-        None => None,
-    };
-    if let (Some(k), Some(_)) = (&key, &spec.key_id) {
-        for (other, ok) in pinned.iter() {
-            if ok.id == k.id && !ok.same_key(k) {
-                return Err(ProxyError::Config(format!(
-                    "backends {other} and {name} share key_id but declare DIFFERENT keys"
-                )));
-            }
-        }
-        pinned.push((name.to_string(), k.clone()));
-    }
-    if key.is_none() && legacy.is_none() {
-        return Ok(be);
-    }
-    Ok(Arc::new(crypto::EncryptedBackend {
-        inner: be,
-        name: name.to_string(),
-        current: key,
-        legacy,
-    }))
-}
-
 /// Builds the shared state (backends, engine, IAM) from the config.
 pub async fn build_state(cfg: Config) -> Result<Arc<AppState>, ProxyError> {
-    let (backends, default) = build_backends(&cfg)?;
+    let (backends, default) = backend::build::build_backends(&cfg)?;
     if cfg.cache_mb < 1024 {
         tracing::warn!(
             "[cache] In-memory reference cache is only {} MB — recommend ≥1024 MB for production",
@@ -273,14 +97,20 @@ pub async fn build_state(cfg: Config) -> Result<Arc<AppState>, ProxyError> {
         "deltaglider-proxy starting"
     );
     metrics::gauge!("process_start_time_seconds").set(chrono::Utc::now().timestamp() as f64);
+    let engine = Arc::new(engine);
+    let replication = Arc::new(replication::Replicator::new(
+        engine.clone(),
+        &cfg.file.storage.replication.clone().unwrap_or_default(),
+    ));
     let admission = admission::Chain::build(&cfg.file.admission, &cfg.file.storage.buckets)
         .map_err(ProxyError::Config)?;
     Ok(Arc::new(AppState {
         admission: parking_lot::RwLock::new(admission),
+        replication,
         audit: audit::AuditRing::new(cfg.audit_ring_size),
         login_limiter: admin::LoginLimiter::default(),
         sessions: admin::Sessions::new(Duration::from_secs(cfg.session_ttl_hours * 3600)),
-        engine: Arc::new(engine),
+        engine,
         multipart,
         iam,
         replay: s3::auth::ReplayGuard::new(cfg.replay_window_secs),
@@ -496,6 +326,7 @@ pub async fn serve(cfg: Config) -> Result<(), ProxyError> {
     config_sync::validate(&cfg)?;
     let state = build_state(cfg).await?;
     config_sync::start(state.clone()).await?;
+    state.replication.start();
     if let Some(ttl) = state.cfg.multipart_idle_ttl {
         tokio::spawn(state.multipart.clone().run_sweeper(ttl));
     }

@@ -101,6 +101,10 @@ pub struct FileMetadata {
     pub encrypted: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption_key_id: Option<String>,
+    /// Native server-side encryption the upstream applied (`sse-kms` or `sse-s3`): the
+    /// stored bytes are plain as far as the proxy is concerned; it never decrypts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted_native: Option<String>,
 }
 
 /// UTC timestamp with microseconds, the format every DeltaGlider writer uses.
@@ -207,6 +211,9 @@ impl FileMetadata {
         if let Some(v) = &self.encryption_key_id {
             m.insert("dg-encryption-key-id".into(), v.clone());
         }
+        if let Some(v) = &self.encrypted_native {
+            m.insert("dg-encrypted-native".into(), v.clone());
+        }
         for (k, v) in &self.user_metadata {
             m.insert(format!("user-{k}"), v.clone());
         }
@@ -290,6 +297,7 @@ impl FileMetadata {
             user_metadata,
             encrypted: get(&["dg-encrypted"]),
             encryption_key_id: get(&["dg-encryption-key-id"]),
+            encrypted_native: get(&["dg-encrypted-native"]),
         })
     }
 

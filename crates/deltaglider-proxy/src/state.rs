@@ -15,6 +15,8 @@ pub struct AppState {
     pub file: parking_lot::RwLock<crate::config::FileConfig>,
     pub engine: Arc<Engine>,
     pub multipart: Arc<Multipart>,
+    /// `storage.replication` rules: schedulers, pause state, history.
+    pub replication: Arc<crate::replication::Replicator>,
     pub iam: Iam,
     pub audit: AuditRing,
     pub sessions: crate::admin::Sessions,

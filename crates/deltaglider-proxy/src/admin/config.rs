@@ -238,7 +238,7 @@ fn strip_placeholders(v: &mut serde_json::Value) {
 }
 
 /// The YAML file in use as JSON, or why it cannot be rewritten.
-fn file_doc(st: &AppState) -> Result<(std::path::PathBuf, serde_json::Value), String> {
+pub(super) fn file_doc(st: &AppState) -> Result<(std::path::PathBuf, serde_json::Value), String> {
     let Some(path) = st.cfg.config_path.clone() else {
         return Err(
             "no configuration file in use (set DGP_CONFIG): change is not persisted".into(),
@@ -274,7 +274,7 @@ fn file_doc(st: &AppState) -> Result<(std::path::PathBuf, serde_json::Value), St
 }
 
 /// Write-temp-then-rename, so a crash never leaves a half-written config file.
-fn write_atomic(path: &std::path::Path, doc: &serde_json::Value) -> Result<(), String> {
+pub(super) fn write_atomic(path: &std::path::Path, doc: &serde_json::Value) -> Result<(), String> {
     let y = serde_yaml::to_string(doc).map_err(|e| e.to_string())?;
     let tmp = path.with_extension("yaml.tmp");
     std::fs::write(&tmp, y).map_err(|e| format!("{}: {e}", tmp.display()))?;

@@ -28,6 +28,9 @@ use serde_json::json;
 
 use crate::state::AppState;
 
+mod backends;
+mod replication;
+
 pub use session::{LoginLimiter, Sessions};
 
 type St = State<Arc<AppState>>;
@@ -92,6 +95,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(admission::routes())
         .merge(usage::routes())
         .merge(ext_auth::routes())
+        .merge(backends::routes())
+        .merge(replication::routes())
         .with_state(state)
 }
 

@@ -81,6 +81,7 @@ fn cost(bucket: &str, key: &str, stamp: &Stamp, meta: &Option<FileMetadata>) -> 
             + s(&m.delta_codec)
             + s(&m.encrypted)
             + s(&m.encryption_key_id)
+            + s(&m.encrypted_native)
             + m.user_metadata
                 .iter()
                 .map(|(k, v)| k.len() + v.len() + 48)

@@ -3,9 +3,11 @@
 //! bucket with `x-amz-meta-dg-*` metadata. Keys here are physical keys (`x.zip.delta`,
 //! `reference.bin`), never the user-visible ones.
 
+pub mod build;
 pub mod fs;
 pub mod metacache;
 pub mod s3;
+pub mod sse;
 
 use std::ops::Range;
 use std::path::PathBuf;

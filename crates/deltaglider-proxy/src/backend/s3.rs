@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use super::metacache::{MetaCache, Stamp};
+use super::sse::NativeSse;
 use super::{Backend, ByteStream, PutData, StoredObject};
 use crate::error::ProxyError;
 use crate::meta::{FileMetadata, REFERENCE_NAME};
@@ -28,6 +29,8 @@ pub struct S3Backend {
     spool: PathBuf,
     /// `dg-*` metadata read by HEAD, so that listings do not HEAD every key each time.
     meta_cache: MetaCache,
+    /// Native SSE requested on every write (`sse-kms` / `sse-s3` modes).
+    sse: Option<NativeSse>,
 }
 
 /// HEADs in flight per listing: enough to hide the round-trip latency, few enough not to
@@ -112,7 +115,14 @@ impl S3Backend {
             head_client: Client::from_conf(head_conf),
             spool,
             meta_cache: MetaCache::new(meta_cache_bytes),
+            sse: None,
         })
+    }
+
+    /// Asks the upstream for native SSE on every write, stamping `dg-encrypted-native`.
+    pub fn with_sse(mut self, sse: Option<NativeSse>) -> Self {
+        self.sse = sse;
+        self
     }
 
     fn ref_key_for(key: &str) -> Option<String> {
@@ -267,6 +277,9 @@ impl Backend for S3Backend {
         meta: &FileMetadata,
     ) -> Result<(), ProxyError> {
         let ref_key = Self::ref_key_for(key);
+        // The marker says what this write is, never what an earlier object was.
+        let mut meta = meta.clone();
+        meta.encrypted_native = self.sse.as_ref().map(|s| s.marker().to_string());
         let bare = meta.to_bare_map(ref_key.as_deref());
         let (body, tmp) = match data {
             PutData::Bytes(b) => (AwsByteStream::from(b), None),
@@ -278,6 +291,9 @@ impl Backend for S3Backend {
             ),
         };
         let mut req = self.client.put_object().bucket(bucket).key(key).body(body);
+        if let Some(sse) = &self.sse {
+            req = sse.apply(req);
+        }
         for (k, v) in bare {
             req = req.metadata(k, v);
         }
@@ -422,4 +438,71 @@ impl Backend for S3Backend {
     fn spool_dir(&self) -> PathBuf {
         self.spool.clone()
     }
+}
+
+/// One real request with the given endpoint and credentials (HeadBucket when a bucket is
+/// named, else ListBuckets), without retries and with short timeouts: the admin API's
+/// credential check before a backend is created, and `POST /_/api/admin/test-s3`.
+pub async fn check_credentials(cfg: &S3BackendConfig, bucket: Option<&str>) -> Result<(), String> {
+    let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .operation_timeout(std::time::Duration::from_secs(20))
+        .build();
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .credentials_provider(Credentials::new(
+            &cfg.access_key_id,
+            &cfg.secret_access_key,
+            None,
+            None,
+            "deltaglider-proxy-check",
+        ))
+        .region(Region::new(cfg.region.clone()))
+        .endpoint_url(&cfg.endpoint)
+        .force_path_style(cfg.path_style)
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .timeout_config(timeouts)
+        .build();
+    let client = Client::from_conf(conf);
+    match bucket {
+        Some(b) => client
+            .head_bucket()
+            .bucket(b)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| describe(&e)),
+        None => client
+            .list_buckets()
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| describe(&e)),
+    }
+}
+
+/// An SDK error as one line: the S3 error code and message when the server answered, else
+/// the transport cause chain (connection refused, timeout, DNS).
+fn describe<E, R>(e: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + HasStatus,
+{
+    if let Some(code) = e.code() {
+        let status = status_of(e)
+            .map(|s| format!(" (HTTP {s})"))
+            .unwrap_or_default();
+        return format!("{code}{status}: {}", e.message().unwrap_or(""));
+    }
+    if let Some(s) = status_of(e) {
+        return format!("upstream answered HTTP {s}");
+    }
+    let mut out = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(x) = src {
+        out.push_str(": ");
+        out.push_str(&x.to_string());
+        src = x.source();
+    }
+    out
 }

@@ -100,7 +100,8 @@ pub struct EngineConfig {
 type SpaceLock = Arc<tokio::sync::Mutex<()>>;
 
 pub struct Engine {
-    backends: HashMap<String, Arc<dyn Backend>>,
+    /// Named backends; the admin API adds and removes entries at runtime.
+    backends: RwLock<HashMap<String, Arc<dyn Backend>>>,
     default_backend: String,
     pub policies: RwLock<BTreeMap<String, BucketPolicy>>,
     pub cache: RefCache,
@@ -257,7 +258,7 @@ impl Engine {
     ) -> Self {
         metrics::gauge!("deltaglider_codec_semaphore_available").set(cfg.codec_concurrency as f64);
         Engine {
-            backends,
+            backends: RwLock::new(backends),
             default_backend,
             policies: RwLock::new(policies),
             cache: RefCache::new(cfg.cache_bytes),
@@ -271,9 +272,34 @@ impl Engine {
 
     pub fn backend_kind(&self) -> &'static str {
         self.backends
+            .read()
             .get(&self.default_backend)
             .map(|b| b.kind())
             .unwrap_or("unknown")
+    }
+
+    /// Name of the backend unrouted buckets use.
+    pub fn default_backend(&self) -> &str {
+        &self.default_backend
+    }
+
+    pub fn has_backend(&self, name: &str) -> bool {
+        self.backends.read().contains_key(name)
+    }
+
+    /// Makes a backend routable at once (admin API create); refuses a name in use.
+    pub fn add_backend(&self, name: &str, be: Arc<dyn Backend>) -> bool {
+        let mut m = self.backends.write();
+        if m.contains_key(name) {
+            return false;
+        }
+        m.insert(name.to_string(), be);
+        true
+    }
+
+    /// Drops a backend (admin API delete); the default backend is never removed.
+    pub fn remove_backend(&self, name: &str) -> bool {
+        name != self.default_backend && self.backends.write().remove(name).is_some()
     }
 
     /// The backend a bucket is routed to, and the bucket's real name there.
@@ -284,13 +310,14 @@ impl Engine {
             .get(bucket)
             .cloned()
             .unwrap_or_default();
+        let backends = self.backends.read();
         let be = pol
             .backend
             .as_ref()
-            .and_then(|n| self.backends.get(n))
-            .or_else(|| self.backends.get(&self.default_backend))
+            .and_then(|n| backends.get(n))
+            .or_else(|| backends.get(&self.default_backend))
             .cloned()
-            .or_else(|| self.backends.values().next().cloned())
+            .or_else(|| backends.values().next().cloned())
             .expect("at least one backend is configured");
         (be, pol.alias.unwrap_or_else(|| bucket.to_string()))
     }
@@ -359,7 +386,8 @@ impl Engine {
             .filter_map(|(k, v)| v.alias.clone().map(|a| (a, k.clone())))
             .collect();
         let mut seen = std::collections::HashSet::new();
-        for be in self.backends.values() {
+        let backends: Vec<Arc<dyn Backend>> = self.backends.read().values().cloned().collect();
+        for be in &backends {
             if !seen.insert(Arc::as_ptr(be) as *const () as usize) {
                 continue;
             }

@@ -1,0 +1,175 @@
+//! Replication over the admin API: rule status, run-now (409 while paused), pause, resume,
+//! and each rule's run history and failures (newest first).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{audit_iam_change, err, require_session};
+use crate::replication::RunError;
+use crate::state::AppState;
+
+/// Default and maximum `limit` of the history and failures lists.
+const DEFAULT_LIMIT: usize = 20;
+const MAX_LIMIT: usize = 100;
+
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/_/api/admin/replication", get(status))
+        .route(
+            "/_/api/admin/replication/rules/{name}/run-now",
+            post(run_now),
+        )
+        .route("/_/api/admin/replication/rules/{name}/pause", post(pause))
+        .route("/_/api/admin/replication/rules/{name}/resume", post(resume))
+        .route(
+            "/_/api/admin/replication/rules/{name}/history",
+            get(history),
+        )
+        .route(
+            "/_/api/admin/replication/rules/{name}/failures",
+            get(failures),
+        )
+}
+
+fn no_rule(name: &str) -> Response {
+    err(
+        StatusCode::NOT_FOUND,
+        &format!("no replication rule named {name:?}"),
+    )
+}
+
+/// `GET /_/api/admin/replication`.
+async fn status(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = require_session(&st, &headers, &addr) {
+        return r;
+    }
+    Json(json!({ "rules": st.replication.status() })).into_response()
+}
+
+/// `POST …/rules/{name}/run-now`: runs the rule to completion and answers its run record.
+async fn run_now(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = require_session(&st, &headers, &addr) {
+        return r;
+    }
+    match st.replication.run(&name, "manual").await {
+        Ok(rec) => {
+            audit_iam_change(&st, "replication_run_now", &name, &headers, &addr);
+            Json(rec).into_response()
+        }
+        Err(RunError::NoSuchRule) => no_rule(&name),
+        Err(RunError::Paused) => err(
+            StatusCode::CONFLICT,
+            &format!("replication rule {name:?} is paused; resume it first"),
+        ),
+    }
+}
+
+async fn set_paused(
+    st: &AppState,
+    headers: &HeaderMap,
+    addr: &SocketAddr,
+    name: &str,
+    paused: bool,
+) -> Response {
+    if let Err(r) = require_session(st, headers, addr) {
+        return r;
+    }
+    if !st.replication.set_paused(name, paused) {
+        return no_rule(name);
+    }
+    let action = if paused {
+        "replication_pause"
+    } else {
+        "replication_resume"
+    };
+    audit_iam_change(st, action, name, headers, addr);
+    Json(json!({ "name": name, "paused": paused })).into_response()
+}
+
+/// `POST …/rules/{name}/pause`.
+async fn pause(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    set_paused(&st, &headers, &addr, &name, true).await
+}
+
+/// `POST …/rules/{name}/resume`.
+async fn resume(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    set_paused(&st, &headers, &addr, &name, false).await
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+impl Limit {
+    fn get(&self) -> usize {
+        self.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT)
+    }
+}
+
+/// `GET …/rules/{name}/history?limit=N`.
+async fn history(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = require_session(&st, &headers, &addr) {
+        return r;
+    }
+    let Ok(Query(q)) = q else {
+        return err(StatusCode::BAD_REQUEST, "limit must be a positive integer");
+    };
+    match st.replication.history(&name, q.get()) {
+        Some(h) => Json(json!({ "history": h })).into_response(),
+        None => no_rule(&name),
+    }
+}
+
+/// `GET …/rules/{name}/failures?limit=N`.
+async fn failures(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = require_session(&st, &headers, &addr) {
+        return r;
+    }
+    let Ok(Query(q)) = q else {
+        return err(StatusCode::BAD_REQUEST, "limit must be a positive integer");
+    };
+    match st.replication.failures(&name, q.get()) {
+        Some(f) => Json(json!({ "failures": f })).into_response(),
+        None => no_rule(&name),
+    }
+}

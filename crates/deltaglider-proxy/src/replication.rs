@@ -1,0 +1,356 @@
+//! Bucket-to-bucket replication (`storage.replication.rules[]`): each rule copies the
+//! objects under a source bucket/prefix to a destination bucket/prefix on its interval or on
+//! demand. Copies go through the engine (read reconstructs, write re-deltas), so the
+//! destination stores deltas like any other upload; an object whose destination ETag already
+//! equals the source ETag is skipped. Pause state, run history and failures live in memory.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::delta::{Body, Engine, PutOptions};
+use crate::error::ProxyError;
+
+/// Runs and failures kept per rule (newest first when read).
+const KEEP: usize = 100;
+
+/// `storage.replication`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReplicationSection {
+    pub rules: Vec<ReplicationRule>,
+}
+
+/// One side of a rule.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Location {
+    pub bucket: String,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicationRule {
+    pub name: String,
+    pub source: Location,
+    pub destination: Location,
+    #[serde(default = "default_interval")]
+    pub interval_secs: u64,
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+}
+
+fn default_interval() -> u64 {
+    3600
+}
+
+fn default_enabled() -> bool {
+    true
+}
+
+/// Rejects what would make a rule ambiguous or self-feeding: empty or duplicate names,
+/// missing buckets, a zero interval, and a destination inside its own source (each run
+/// would copy the previous run's copies).
+pub fn validate(section: &ReplicationSection) -> Result<(), ProxyError> {
+    let mut names = std::collections::HashSet::new();
+    for r in &section.rules {
+        let bad = |m: &str| {
+            Err(ProxyError::Config(format!(
+                "storage.replication.rules.{}: {m}",
+                r.name
+            )))
+        };
+        if !crate::config::valid_backend_name(&r.name) {
+            return bad(
+                "name must be 1-64 characters [A-Za-z0-9_.-], starting with a letter or digit",
+            );
+        }
+        if !names.insert(r.name.as_str()) {
+            return bad("duplicate rule name");
+        }
+        if r.source.bucket.is_empty() || r.destination.bucket.is_empty() {
+            return bad("source.bucket and destination.bucket are required");
+        }
+        if r.interval_secs == 0 {
+            return bad("interval_secs must be at least 1");
+        }
+        let (s, d) = (&r.source, &r.destination);
+        if s.bucket == d.bucket
+            && (d.prefix.starts_with(&s.prefix) || s.prefix.starts_with(&d.prefix))
+        {
+            return bad("source and destination overlap in the same bucket");
+        }
+    }
+    Ok(())
+}
+
+/// One run of a rule.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub rule: String,
+    /// `schedule` or `manual`.
+    pub trigger: &'static str,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub scanned: u64,
+    pub copied: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    pub bytes_copied: u64,
+    /// Set when the run could not even list its source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One object that failed to copy.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub rule: String,
+    pub at: DateTime<Utc>,
+    pub source_key: String,
+    pub destination_key: String,
+    pub error: String,
+}
+
+struct RuleState {
+    rule: ReplicationRule,
+    paused: bool,
+    /// Serialises runs of one rule (a manual run waits for a scheduled one and vice versa).
+    running: Arc<tokio::sync::Mutex<()>>,
+    history: VecDeque<RunRecord>,
+    failures: VecDeque<Failure>,
+}
+
+/// Why a manual run did not happen.
+#[derive(Debug)]
+pub enum RunError {
+    NoSuchRule,
+    Paused,
+}
+
+pub struct Replicator {
+    engine: Arc<Engine>,
+    rules: Mutex<BTreeMap<String, RuleState>>,
+}
+
+impl Replicator {
+    pub fn new(engine: Arc<Engine>, section: &ReplicationSection) -> Self {
+        let rules = section
+            .rules
+            .iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    RuleState {
+                        rule: r.clone(),
+                        paused: false,
+                        running: Arc::default(),
+                        history: VecDeque::new(),
+                        failures: VecDeque::new(),
+                    },
+                )
+            })
+            .collect();
+        Replicator {
+            engine,
+            rules: Mutex::new(rules),
+        }
+    }
+
+    /// Starts one scheduler per enabled rule: a run every `interval_secs` unless paused.
+    pub fn start(self: &Arc<Self>) {
+        let rules: Vec<ReplicationRule> =
+            self.rules.lock().values().map(|s| s.rule.clone()).collect();
+        for rule in rules.into_iter().filter(|r| r.enabled) {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(rule.interval_secs));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await; // the first tick is immediate; the first run waits one interval
+                loop {
+                    tick.tick().await;
+                    if me.is_paused(&rule.name) {
+                        continue;
+                    }
+                    let _ = me.run(&rule.name, "schedule").await;
+                }
+            });
+        }
+    }
+
+    fn is_paused(&self, name: &str) -> bool {
+        self.rules.lock().get(name).is_some_and(|s| s.paused)
+    }
+
+    /// Status of every rule, for the admin API.
+    pub fn status(&self) -> Vec<serde_json::Value> {
+        self.rules
+            .lock()
+            .values()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.rule.name,
+                    "source": s.rule.source,
+                    "destination": s.rule.destination,
+                    "interval_secs": s.rule.interval_secs,
+                    "enabled": s.rule.enabled,
+                    "paused": s.paused,
+                    "running": s.running.try_lock().is_err(),
+                    "last_run": s.history.front(),
+                    "failures": s.failures.len(),
+                })
+            })
+            .collect()
+    }
+
+    /// Pauses or resumes a rule; `false` when there is no such rule.
+    pub fn set_paused(&self, name: &str, paused: bool) -> bool {
+        match self.rules.lock().get_mut(name) {
+            Some(s) => {
+                s.paused = paused;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn history(&self, name: &str, limit: usize) -> Option<Vec<RunRecord>> {
+        let m = self.rules.lock();
+        let s = m.get(name)?;
+        Some(s.history.iter().take(limit).cloned().collect())
+    }
+
+    pub fn failures(&self, name: &str, limit: usize) -> Option<Vec<Failure>> {
+        let m = self.rules.lock();
+        let s = m.get(name)?;
+        Some(s.failures.iter().take(limit).cloned().collect())
+    }
+
+    /// Runs a rule now (refused while it is paused) and records the run.
+    pub async fn run(&self, name: &str, trigger: &'static str) -> Result<RunRecord, RunError> {
+        let (rule, running) = {
+            let m = self.rules.lock();
+            let s = m.get(name).ok_or(RunError::NoSuchRule)?;
+            if s.paused {
+                return Err(RunError::Paused);
+            }
+            (s.rule.clone(), s.running.clone())
+        };
+        let _one_at_a_time = running.lock().await;
+        let (record, failures) = self.copy_all(&rule, trigger).await;
+        let mut m = self.rules.lock();
+        if let Some(s) = m.get_mut(name) {
+            for f in failures {
+                s.failures.push_front(f);
+            }
+            s.failures.truncate(KEEP);
+            s.history.push_front(record.clone());
+            s.history.truncate(KEEP);
+        }
+        Ok(record)
+    }
+
+    /// One pass over the source prefix.
+    async fn copy_all(
+        &self,
+        rule: &ReplicationRule,
+        trigger: &'static str,
+    ) -> (RunRecord, Vec<Failure>) {
+        let mut rec = RunRecord {
+            rule: rule.name.clone(),
+            trigger,
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            scanned: 0,
+            copied: 0,
+            skipped: 0,
+            failed: 0,
+            bytes_copied: 0,
+            error: None,
+        };
+        let mut failures = vec![];
+        let (src, dst) = (&rule.source, &rule.destination);
+        let listing = self
+            .engine
+            .list(&src.bucket, &src.prefix, None, None, usize::MAX, &|_| true)
+            .await;
+        let objects = match listing {
+            Ok(page) => page.objects,
+            Err(e) => {
+                rec.error = Some(format!("listing {}/{}: {e}", src.bucket, src.prefix));
+                rec.finished_at = Utc::now();
+                return (rec, failures);
+            }
+        };
+        for o in objects {
+            rec.scanned += 1;
+            let dest_key = format!("{}{}", dst.prefix, &o.key[src.prefix.len()..]);
+            match self.engine.resolve(&dst.bucket, &dest_key).await {
+                Ok(d) if d.meta.etag() == o.etag => {
+                    rec.skipped += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            match self
+                .copy_one(&src.bucket, &o.key, &dst.bucket, &dest_key)
+                .await
+            {
+                Ok(n) => {
+                    rec.copied += 1;
+                    rec.bytes_copied += n;
+                }
+                Err(e) => {
+                    rec.failed += 1;
+                    tracing::warn!(rule = %rule.name, key = %o.key, error = %e, "replication copy failed");
+                    failures.push(Failure {
+                        rule: rule.name.clone(),
+                        at: Utc::now(),
+                        source_key: o.key.clone(),
+                        destination_key: dest_key,
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
+        rec.finished_at = Utc::now();
+        tracing::info!(rule = %rule.name, trigger, scanned = rec.scanned, copied = rec.copied, skipped = rec.skipped, failed = rec.failed, "replication run finished");
+        (rec, failures)
+    }
+
+    /// Reads the source object (reconstructed) and writes it through the engine, keeping its
+    /// content type, user metadata and multipart ETag so the next run sees equal ETags.
+    async fn copy_one(
+        &self,
+        src_bucket: &str,
+        key: &str,
+        dst_bucket: &str,
+        dest_key: &str,
+    ) -> Result<u64, ProxyError> {
+        let r = self.engine.resolve(src_bucket, key).await?;
+        let (body, _) = self.engine.get(src_bucket, &r, None).await?;
+        let stream: crate::backend::ByteStream = match body {
+            Body::Bytes(b) => Box::pin(futures::stream::iter([Ok::<_, std::io::Error>(b)])),
+            Body::Stream(s) => s,
+        };
+        let spooled = crate::delta::spool(&self.engine.spool_dir(dst_bucket), stream).await?;
+        if !r.meta.file_sha256.is_empty() && spooled.sha256 != r.meta.file_sha256 {
+            let _ = tokio::fs::remove_file(&spooled.path).await;
+            return Err(ProxyError::Integrity(format!(
+                "source {src_bucket}/{key} read back with a different SHA-256"
+            )));
+        }
+        let size = spooled.size;
+        let opts = PutOptions {
+            content_type: r.meta.content_type.clone(),
+            user_metadata: r.meta.user_metadata.clone(),
+            multipart_etag: r.meta.multipart_etag.clone(),
+        };
+        self.engine.put(dst_bucket, dest_key, spooled, opts).await?;
+        Ok(size)
+    }
+}

@@ -1,0 +1,253 @@
+//! Replication rules against the real binary: run-now copies through the engine (the
+//! destination stores a reference and deltas), a second run skips objects whose destination
+//! ETag matches, a changed source object is copied again, pause makes run-now 409 until
+//! resume, history and failures are kept newest first, and a rule on its interval runs by
+//! itself.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+async fn admin_cookie(http: &reqwest::Client, base: &str, pw: &str) -> String {
+    let ok = http
+        .post(format!("{base}/_/api/admin/login"))
+        .json(&json!({ "password": pw }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    ok.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+async fn call(http: &reqwest::Client, method: Method, url: String, cookie: &str) -> (u16, Value) {
+    let r = http
+        .request(method, url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+const YAML: &str = r#"
+storage:
+  replication:
+    rules:
+      - name: mirror
+        source: {bucket: src, prefix: "builds/"}
+        destination: {bucket: dst, prefix: "mirror/"}
+        interval_secs: 86400
+      - name: broken
+        source: {bucket: src, prefix: "builds/"}
+        destination: {bucket: missing-bucket, prefix: ""}
+        interval_secs: 86400
+        enabled: false
+      - name: auto
+        source: {bucket: src, prefix: "auto/"}
+        destination: {bucket: dst, prefix: "auto-copy/"}
+        interval_secs: 1
+"#;
+
+#[tokio::test]
+async fn replication_rules_copy_skip_pause_and_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg.yaml");
+    std::fs::write(&cfg, YAML).unwrap();
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    let p = start_proxy_in(
+        dir.path(),
+        None,
+        &[
+            ("DGP_CONFIG", cfg.to_str().unwrap().to_string()),
+            ("DGP_BOOTSTRAP_PASSWORD_HASH", hash),
+            ("DGP_SECURE_COOKIES", "false".into()),
+        ],
+        None,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let base = p.url();
+    let rule = |name: &str, op: &str| format!("{base}/_/api/admin/replication/rules/{name}/{op}");
+    let r = http
+        .get(format!("{base}/_/api/admin/replication"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let cookie = admin_cookie(&http, &base, "pw").await;
+
+    let c = p.client();
+    for b in ["src", "dst"] {
+        c.create_bucket().bucket(b).send().await.unwrap();
+    }
+    let v1 = bytes(91, 300_000);
+    let v2 = mutate(&v1, 92);
+    let plain = bytes(93, 50_000);
+    put_bytes(&c, "src", "builds/app-1.zip", &v1).await;
+    put_bytes(&c, "src", "builds/app-2.zip", &v2).await;
+    put_bytes(&c, "src", "builds/notes.bin", &plain).await;
+    put_bytes(&c, "src", "other/ignored.bin", b"outside the prefix").await;
+
+    let (s, st) = call(
+        &http,
+        Method::GET,
+        format!("{base}/_/api/admin/replication"),
+        &cookie,
+    )
+    .await;
+    assert_eq!(s, 200, "{st}");
+    let names: Vec<&str> = st["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["auto", "broken", "mirror"]);
+
+    // First run copies the three objects under the prefix, through the engine.
+    let (s, run) = call(&http, Method::POST, rule("mirror", "run-now"), &cookie).await;
+    assert_eq!(s, 200, "{run}");
+    assert_eq!(
+        (
+            &run["scanned"],
+            &run["copied"],
+            &run["skipped"],
+            &run["failed"]
+        ),
+        (&json!(3), &json!(3), &json!(0), &json!(0)),
+        "{run}"
+    );
+    assert_eq!(get_bytes(&c, "dst", "mirror/app-1.zip").await, v1);
+    assert_eq!(get_bytes(&c, "dst", "mirror/app-2.zip").await, v2);
+    assert_eq!(get_bytes(&c, "dst", "mirror/notes.bin").await, plain);
+    let stored = files_under(&p.bucket_dir("dst"));
+    assert_eq!(
+        stored,
+        vec![
+            "mirror/app-1.zip.delta",
+            "mirror/app-2.zip.delta",
+            "mirror/notes.bin",
+            "mirror/reference.bin"
+        ],
+        "the destination stores deltas"
+    );
+    let delta = std::fs::metadata(p.bucket_dir("dst").join("mirror/app-2.zip.delta")).unwrap();
+    assert!(delta.len() < v2.len() as u64 / 10);
+
+    // Second run: destination ETags match, nothing copied.
+    let (_, run) = call(&http, Method::POST, rule("mirror", "run-now"), &cookie).await;
+    assert_eq!(
+        (&run["copied"], &run["skipped"]),
+        (&json!(0), &json!(3)),
+        "{run}"
+    );
+    // A changed source object is copied again.
+    let v3 = mutate(&v2, 94);
+    put_bytes(&c, "src", "builds/app-2.zip", &v3).await;
+    let (_, run) = call(&http, Method::POST, rule("mirror", "run-now"), &cookie).await;
+    assert_eq!(
+        (&run["copied"], &run["skipped"]),
+        (&json!(1), &json!(2)),
+        "{run}"
+    );
+    assert_eq!(get_bytes(&c, "dst", "mirror/app-2.zip").await, v3);
+
+    // Pause: run-now is 409 until resume.
+    let (s, v) = call(&http, Method::POST, rule("mirror", "pause"), &cookie).await;
+    assert_eq!((s, &v["paused"]), (200, &json!(true)), "{v}");
+    let (s, v) = call(&http, Method::POST, rule("mirror", "run-now"), &cookie).await;
+    assert_eq!(s, 409, "{v}");
+    let (_, st) = call(
+        &http,
+        Method::GET,
+        format!("{base}/_/api/admin/replication"),
+        &cookie,
+    )
+    .await;
+    let mirror = st["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "mirror")
+        .unwrap()
+        .clone();
+    assert_eq!(mirror["paused"], true, "{mirror}");
+    assert_eq!(mirror["last_run"]["copied"], 1, "{mirror}");
+    let (s, _) = call(&http, Method::POST, rule("mirror", "resume"), &cookie).await;
+    assert_eq!(s, 200);
+    let (s, _) = call(&http, Method::POST, rule("mirror", "run-now"), &cookie).await;
+    assert_eq!(s, 200);
+
+    // History: newest first, limited.
+    let (s, h) = call(
+        &http,
+        Method::GET,
+        format!("{}?limit=2", rule("mirror", "history")),
+        &cookie,
+    )
+    .await;
+    assert_eq!(s, 200, "{h}");
+    let h = h["history"].as_array().unwrap();
+    assert_eq!(h.len(), 2);
+    assert_eq!((&h[0]["skipped"], &h[1]["copied"]), (&json!(3), &json!(1)));
+    assert_eq!(h[0]["trigger"], "manual");
+
+    // Failures: a destination bucket that does not exist.
+    let (s, run) = call(&http, Method::POST, rule("broken", "run-now"), &cookie).await;
+    assert_eq!(s, 200, "{run}");
+    assert_eq!(
+        (&run["failed"], &run["copied"]),
+        (&json!(3), &json!(0)),
+        "{run}"
+    );
+    let (s, f) = call(
+        &http,
+        Method::GET,
+        format!("{}?limit=2", rule("broken", "failures")),
+        &cookie,
+    )
+    .await;
+    assert_eq!(s, 200, "{f}");
+    let f = f["failures"].as_array().unwrap();
+    assert_eq!(f.len(), 2);
+    assert!(f[0]["error"].as_str().unwrap().contains("bucket"), "{f:?}");
+    let (s, _) = call(&http, Method::POST, rule("nope", "run-now"), &cookie).await;
+    assert_eq!(s, 404);
+    let (s, _) = call(&http, Method::GET, rule("nope", "history"), &cookie).await;
+    assert_eq!(s, 404);
+
+    // The interval rule copies by itself (waits for a scheduled run, bounded).
+    put_bytes(&c, "src", "auto/a.bin", b"scheduled copy").await;
+    let mut copied = false;
+    for _ in 0..120 {
+        let (_, h) = call(&http, Method::GET, rule("auto", "history"), &cookie).await;
+        if h["history"].as_array().is_some_and(|h| {
+            h.iter()
+                .any(|r| r["trigger"] == "schedule" && r["copied"] == 1)
+        }) {
+            copied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        copied,
+        "no scheduled run copied the object:\n{}",
+        p.proc.logs()
+    );
+    assert_eq!(
+        get_bytes(&c, "dst", "auto-copy/a.bin").await,
+        b"scheduled copy"
+    );
+}
