@@ -420,6 +420,16 @@ async fn quota_suite(p: &Proxy) {
             .bucket("quota-b")
             .key("m.bin")
             .upload_id(id)
+            .multipart_upload(
+                aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                    .parts(
+                        aws_sdk_s3::types::CompletedPart::builder()
+                            .part_number(1)
+                            .e_tag("\"0123456789abcdef0123456789abcdef\"")
+                            .build(),
+                    )
+                    .build(),
+            )
             .send()
             .await
             .unwrap_err()
