@@ -26,6 +26,10 @@ pub struct BucketPolicy {
     pub alias: Option<String>,
     pub public_prefixes: Vec<String>,
     pub public: bool,
+    /// Soft quota on the bucket's stored original bytes; 0 freezes the bucket (see
+    /// `s3::quota`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<u64>,
 }
 
 /// `encryption:` of a backend (or `storage.backend_encryption` for the singleton).

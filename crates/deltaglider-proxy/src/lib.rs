@@ -160,7 +160,11 @@ fn operation(method: &http::Method, path: &str) -> &'static str {
 async fn http_metrics(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
-    let op = operation(&method, req.uri().path());
+    let op = if s3::post_object::is_form_upload(&method, req.uri().path(), req.headers()) {
+        "post_object"
+    } else {
+        operation(&method, req.uri().path())
+    };
     let presigned = req
         .uri()
         .query()
@@ -268,14 +272,15 @@ async fn handle_s3_error(err: s3s::HttpError) -> Response {
 
 /// The full router: `/_/` admin surface, everything else to the S3 service.
 pub fn router(state: Arc<AppState>) -> Router {
-    let proxy = s3::Proxy {
-        state: state.clone(),
-    };
+    let proxy = s3::Proxy::new(state.clone());
     let mut b = s3s::service::S3ServiceBuilder::new(proxy);
     b.set_auth(s3::auth::Auth(state.clone()));
     b.set_access(s3::auth::Access(state.clone()));
     let mut s3cfg = s3s::config::S3Config::default();
     s3cfg.presigned_url_max_skew_time_secs = state.cfg.clock_skew_seconds;
+    // s3s holds a PostObject file in memory before the handler runs: bound it by the
+    // object size limit rather than its 5 GiB default.
+    s3cfg.post_object_max_file_size = state.cfg.max_object_size;
     b.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(
         s3cfg,
     ))));
@@ -296,6 +301,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let cors_permissive = state.cfg.cors_permissive;
     let app = admin::router(state.clone())
         .fallback_service(svc)
+        .layer(axum::middleware::from_fn(s3::edge::layer))
         .layer(axum::middleware::from_fn_with_state(state, replay_ticket))
         .layer(axum::middleware::from_fn_with_state(lim, limits))
         .layer(axum::middleware::from_fn(http_metrics))
