@@ -330,11 +330,12 @@ fn user_named<'a>(users: &'a Value, name: &str) -> Option<&'a Value> {
 }
 
 fn admin_env() -> Vec<(&'static str, String)> {
+    // One hash for the whole run: the config store is sealed under a key derived from it,
+    // so a restart with a fresh salt would (rightly) find the store locked.
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let hash = HASH.get_or_init(|| bcrypt::hash("s3cret-admin", 4).unwrap());
     vec![
-        (
-            "DGP_BOOTSTRAP_PASSWORD_HASH",
-            bcrypt::hash("s3cret-admin", 4).unwrap(),
-        ),
+        ("DGP_BOOTSTRAP_PASSWORD_HASH", hash.clone()),
         ("DGP_SECURE_COOKIES", "false".into()),
     ]
 }
