@@ -295,9 +295,54 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ProxyError> {
     Ok(fc)
 }
 
+/// The reconciler's checks, run before anything is written: unique user names, access
+/// keys and group names, no reserved `$` names, and only declared groups referenced.
+fn validate_declarative_iam(a: &AccessSection) -> Result<(), ProxyError> {
+    let bad = |m: String| Err(ProxyError::Config(format!("access: {m}")));
+    let mut names = std::collections::HashSet::new();
+    let mut keys = std::collections::HashSet::new();
+    let mut groups = std::collections::HashSet::new();
+    for g in &a.iam_groups {
+        if g.name.starts_with('$') || g.name.is_empty() {
+            return bad(format!(
+                "iam_groups: invalid group name {:?} (names starting with $ are reserved)",
+                g.name
+            ));
+        }
+        if !groups.insert(g.name.as_str()) {
+            return bad(format!("iam_groups: duplicate group name {:?}", g.name));
+        }
+    }
+    for u in &a.iam_users {
+        if u.name.starts_with('$') || u.name.is_empty() {
+            return bad(format!(
+                "iam_users: invalid user name {:?} (names starting with $ are reserved)",
+                u.name
+            ));
+        }
+        if !names.insert(u.name.as_str()) {
+            return bad(format!("iam_users: duplicate user name {:?}", u.name));
+        }
+        if !keys.insert(u.access_key_id.as_str()) {
+            return bad(format!(
+                "iam_users: duplicate access_key_id for user {:?}",
+                u.name
+            ));
+        }
+        if let Some(g) = u.groups.iter().find(|g| !groups.contains(g.as_str())) {
+            return bad(format!(
+                "iam_users: user {:?} references unknown group {:?}",
+                u.name, g
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Rejects invalid access (OIDC) and admission sections, public prefixes with `..`, NUL or `//`, and `public` together with prefixes;
 /// invalid or duplicate backend names and encryption modes a backend cannot run.
 pub fn validate_file(fc: &FileConfig) -> Result<(), ProxyError> {
+    validate_declarative_iam(&fc.access)?;
     crate::oidc::validate_access(&fc.access)?;
     crate::admission::validate(&fc.admission).map_err(ProxyError::Config)?;
     let mut seen = std::collections::HashSet::new();

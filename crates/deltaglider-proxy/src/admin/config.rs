@@ -345,8 +345,17 @@ fn plan(st: &AppState, new: &crate::config::FileConfig) -> Plan {
             "admission.blocks" | "admission.flags" | "storage.buckets" => p.hot.push(key),
             // Read live by the OAuth flow and the ext-auth routes.
             "access.auth_providers" | "access.group_mapping_rules" => p.hot.push(key),
+            // Reconciled live while the proxy runs declarative (see reconcile.rs).
+            "access.iam_users" | "access.iam_groups"
+                if st.cfg.iam_declarative && iam_mode(new) == "declarative" =>
+            {
+                p.hot.push(key)
+            }
             _ => p.restart.push(key),
         }
+    }
+    if let Some(line) = super::reconcile::preview(&old, new) {
+        p.warnings.push(line);
     }
     p
 }
@@ -374,7 +383,9 @@ fn apply_live(
             _ => {}
         }
     }
-    log_iam_mode_change(&st.file.read(), &new);
+    let old = st.file.read().clone();
+    super::reconcile::apply(st, &old, &new);
+    log_iam_mode_change(&old, &new);
     *st.file.write() = new;
     if let Err(e) = st.rebuild_admission() {
         warnings.push(format!("admission chain not rebuilt: {e}"));

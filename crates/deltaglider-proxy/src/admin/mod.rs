@@ -12,6 +12,7 @@ mod config;
 mod ext_auth;
 mod iam;
 mod password;
+mod reconcile;
 mod session;
 mod usage;
 
