@@ -154,6 +154,9 @@ async fn run_mode(
     let _ = std::fs::remove_dir_all(&data_dir);
     std::fs::create_dir_all(&data_dir)?;
     let mut cfg = Config::with_defaults(data_dir.clone(), AK, SK);
+    // A fixed admin hash: otherwise every fresh bench proxy generates a password (a cost-12
+    // bcrypt and a warning) that nothing here uses.
+    cfg.bootstrap_password_hash = bcrypt::hash("bench", 4).ok();
     match mode {
         "zstd" => cfg.codec = Codec::Zstd,
         "passthrough" => {

@@ -37,15 +37,10 @@ pub use session::{LoginLimiter, Sessions};
 type St = State<Arc<AppState>>;
 
 fn client_ip(st: &AppState, headers: &HeaderMap, addr: &SocketAddr) -> String {
-    if st.cfg.trust_proxy_headers {
-        if let Some(v) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            return v.split(',').next().unwrap_or("").trim().to_string();
-        }
-        if let Some(v) = headers.get("x-real-ip").and_then(|v| v.to_str().ok()) {
-            return v.trim().to_string();
-        }
-    }
-    addr.ip().to_string()
+    // One rule for every surface (admission, audit, sessions): see admission::source_ip.
+    crate::admission::source_ip(st.cfg.trust_proxy_headers, headers, Some(addr.ip()))
+        .map(|ip| ip.to_string())
+        .unwrap_or_default()
 }
 
 /// Record an IAM change made through the admin API in the audit ring.

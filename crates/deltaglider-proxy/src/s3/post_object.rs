@@ -96,15 +96,13 @@ fn client_of<T>(p: &Proxy, req: &S3Request<T>) -> (String, String) {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let forwarded = header("x-forwarded-for")
-        .filter(|_| p.state.cfg.trust_proxy_headers)
-        .map(|v| v.split(',').next().unwrap_or("").trim().to_string());
-    let ip = forwarded.unwrap_or_else(|| {
-        req.extensions
-            .get::<axum::extract::ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string())
-            .unwrap_or_default()
-    });
+    let peer = req
+        .extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let ip = crate::admission::source_ip(p.state.cfg.trust_proxy_headers, &req.headers, peer)
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
     (ip, header("user-agent").unwrap_or_default())
 }
 
