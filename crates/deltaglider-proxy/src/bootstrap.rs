@@ -111,7 +111,9 @@ pub fn normalize(hash: &str) -> String {
         .unwrap_or_else(|| hash.to_string())
 }
 
-fn check_hash(hash: &str, from: &str) -> Result<(), ProxyError> {
+/// The start-up check of a hash (also applied to a backup's hash before it is adopted, so an
+/// adopted hash can never stop the next start).
+pub fn check_hash(hash: &str, from: &str) -> Result<(), ProxyError> {
     if bcrypt::verify("", hash).is_err() {
         return Err(ProxyError::Config(format!(
             "{from}: not a bcrypt hash (raw `$2…` or base64 of one)"

@@ -567,29 +567,59 @@ impl AdminStore {
     }
 
     /// Re-seals the store under `key` as one crash-safe step with `commit` (which writes the
-    /// new bootstrap hash): the re-sealed copy is written beside the store first, `commit` is
-    /// the commit point, then the copy is renamed over the store. A crash after the commit
-    /// point is rolled forward by [`AdminStore::open`]; one before it leaves the old pair.
+    /// new bootstrap hash): see [`AdminStore::change_rekeyed`], with no overlay change.
     pub fn rekey(
         &self,
         key: [u8; 32],
         commit: impl FnOnce() -> Result<(), ProxyError>,
     ) -> Result<(), ProxyError> {
+        self.change_rekeyed(key, commit, |_| {})
+    }
+
+    /// Applies `f` to a copy of the overlay and seals the copy under `key` as one crash-safe
+    /// step with `commit` (which writes the new bootstrap hash): the copy is written beside
+    /// the store first, `commit` is the commit point, then the copy is renamed over the store.
+    /// Before the commit point every failure leaves the old store, key and overlay (the staged
+    /// copy is removed). After it the change has happened: the new key and overlay become
+    /// current even if the rename fails (logged), since the next start rolls the staged copy
+    /// forward under the new hash, and the next write replaces the store under the new key.
+    /// Used by the password change (no overlay change) and by a backup import that adopts the
+    /// zip's bootstrap hash (its users and groups and the re-key are one step).
+    pub fn change_rekeyed(
+        &self,
+        key: [u8; 32],
+        commit: impl FnOnce() -> Result<(), ProxyError>,
+        f: impl FnOnce(&mut AdminOverlay),
+    ) -> Result<(), ProxyError> {
         if self.is_locked() {
             return Err(ProxyError::Internal(LOCKED.into()));
         }
-        let cur = self.overlay.lock();
+        let mut cur = self.overlay.lock();
+        let mut next = cur.clone();
+        f(&mut next);
+        let changed = next != *cur;
+        if changed {
+            next.version = 1;
+        }
         let pending = rekey_path(&self.path);
-        write_sealed(&pending, &key, &cur)?;
+        write_sealed(&pending, &key, &next)?;
         if let Err(e) = commit() {
             let _ = std::fs::remove_file(&pending);
             return Err(e);
         }
-        std::fs::rename(&pending, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
+        let finish =
+            std::fs::rename(&pending, &self.path).and_then(|()| match self.path.parent() {
+                Some(dir) => std::fs::File::open(dir)?.sync_all(),
+                None => Ok(()),
+            });
+        if let Err(e) = finish {
+            tracing::error!(error = %e, path = %self.path.display(), "config store re-key committed but not renamed into place; the next start finishes it");
         }
         *self.key.lock() = key;
+        *cur = next;
+        if changed {
+            self.changed.notify_one();
+        }
         Ok(())
     }
 

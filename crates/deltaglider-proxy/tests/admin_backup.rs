@@ -1,8 +1,10 @@
 //! Backup and IAM export end to end against the real binary: the backup zip's parts and
 //! manifest checksums, import on a second instance (users sign there with aws-sdk-s3),
 //! skip-not-overwrite on re-import, a tampered part refused before any change, the pre-0.8.4
-//! JSON import, the declarative IAM export (loaded by a third instance as its YAML), and the
-//! `iam_declarative` guard on every IAM mutation route.
+//! JSON import, the bootstrap password restored from `secrets.json` (with the hash from the
+//! hash file and pinned by env; a failed commit leaves nothing imported), the declarative
+//! IAM export (loaded by a third instance as its YAML), and the `iam_declarative` guard on
+//! every IAM mutation route.
 
 mod common;
 
@@ -18,6 +20,17 @@ fn env_with(pw: &str) -> Vec<(&'static str, String)> {
         ("DGP_BOOTSTRAP_PASSWORD_HASH", bcrypt::hash(pw, 4).unwrap()),
         ("DGP_SECURE_COOKIES", "false".into()),
     ]
+}
+
+async fn login_status(base: &str, pw: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{base}/_/api/admin/login"))
+        .json(&json!({ "password": pw }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 async fn login(base: &str, pw: &str) -> String {
@@ -189,15 +202,31 @@ async fn backup_exports_and_imports_between_instances() {
     assert_eq!(s, 400);
     assert!(user_names(&b.url(), &cb).await.is_empty());
 
-    // The real zip: everything created, and the users sign on B.
+    // The real zip: everything created, and the users sign on B. B's hash is pinned by
+    // DGP_BOOTSTRAP_PASSWORD_HASH: A's hash is adopted anyway (as PUT /password does) and the
+    // answer says to update the variable.
+    let a_hash = secrets["bootstrap_password_hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (s, v) = import(&b.url(), &cb, zip_bytes.clone()).await;
     assert_eq!(s, 200, "{v}");
+    assert!(
+        v["warning"]
+            .as_str()
+            .unwrap()
+            .contains("DGP_BOOTSTRAP_PASSWORD_HASH"),
+        "{v}"
+    );
     assert_eq!(
         v,
         json!({"users_created": 2, "users_skipped": 0, "groups_created": 1, "groups_skipped": 0,
                "memberships_created": 1, "external_identities_created": 0,
-               "external_identities_skipped": 0})
+               "external_identities_skipped": 0, "bootstrap_password_restored": true,
+               "warning": v["warning"], "bootstrap_password_hash": a_hash})
     );
+    assert_eq!(login_status(&b.url(), "pw-b").await, 401);
+    assert_eq!(login_status(&b.url(), "pw-a").await, 200);
     b.client()
         .create_bucket()
         .bucket("bkt")
@@ -233,6 +262,8 @@ async fn backup_exports_and_imports_between_instances() {
     assert_eq!(s, 200);
     let (s, v) = import(&b.url(), &cb, zip_bytes).await;
     assert_eq!(s, 200);
+    assert_eq!(v["bootstrap_password_restored"], false, "{v}");
+    assert!(v.get("warning").is_none(), "{v}");
     assert_eq!(v["users_created"], 0);
     assert_eq!(v["users_skipped"], 2);
     assert_eq!(v["groups_skipped"], 1);
@@ -261,6 +292,7 @@ async fn backup_exports_and_imports_between_instances() {
         ),
         (&json!(1), &json!(1), &json!(1), &json!(1))
     );
+    assert_eq!(v["bootstrap_password_restored"], false, "{v}");
     assert_eq!(
         get_bytes(&b.client_as("WENAK", "wendy-secret-5678"), "bkt", "f.txt").await,
         b"restored"
@@ -268,12 +300,18 @@ async fn backup_exports_and_imports_between_instances() {
     let (s, _) = import(&b.url(), &cb, b"{not json".to_vec()).await;
     assert_eq!(s, 400);
 
-    // Imported users survive a restart of B (they are in its sealed store).
+    // Imported users survive a restart of B (they are in its store, sealed under A's hash)
+    // once the pinned variable holds the adopted hash.
     let data = b.data.clone();
     let mut b = b;
     let keep = b.keep.take();
     drop(b);
-    let b2 = start_proxy_in(&data, None, &b_env, keep).await;
+    let b2_env = vec![
+        ("DGP_BOOTSTRAP_PASSWORD_HASH", a_hash),
+        ("DGP_SECURE_COOKIES", "false".to_string()),
+    ];
+    let b2 = start_proxy_in(&data, None, &b2_env, keep).await;
+    assert_eq!(login_status(&b2.url(), "pw-a").await, 200);
     assert_eq!(
         get_bytes(&b2.client_as("URSAK", &ursula_sk), "bkt", "f.txt").await,
         b"restored"
@@ -323,6 +361,175 @@ async fn backup_exports_and_imports_between_instances() {
         .send()
         .await;
     assert!(got.is_ok(), "{got:?}\n{yaml}\n{}", c.proc.logs());
+}
+
+/// The zip with its `secrets.json` changed by `f` and the manifest checksum updated.
+fn with_secrets(parts: &BTreeMap<String, Vec<u8>>, f: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut parts = parts.clone();
+    let mut secrets: Value = serde_json::from_slice(&parts["secrets.json"]).unwrap();
+    f(&mut secrets);
+    let body = serde_json::to_vec_pretty(&secrets).unwrap();
+    let mut manifest: Value = serde_json::from_slice(&parts["manifest.json"]).unwrap();
+    manifest["files"]["secrets.json"] = json!(hex::encode(Sha256::digest(&body)));
+    parts.insert("secrets.json".into(), body);
+    parts.insert(
+        "manifest.json".into(),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    );
+    rezip(&parts)
+}
+
+/// The troubleshooting guide's restore: a fresh instance B (its own password in the hash
+/// file) imports A's zip and takes A's bootstrap password with its users, across a restart.
+#[tokio::test]
+async fn import_restores_the_bootstrap_password() {
+    let a = start_proxy(None, &env_with("pw-a")).await;
+    let ca = login(&a.url(), "pw-a").await;
+    let (s, _) = post_json(
+        format!("{}/_/api/admin/users", a.url()),
+        &ca,
+        json!({"name": "yara", "access_key_id": "YARAK", "secret_access_key": "yara-secret-1234",
+               "permissions": [{"actions": ["*"], "resources": ["*"]}]}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let zip_bytes = reqwest::Client::new()
+        .get(format!("{}/_/api/admin/backup", a.url()))
+        .header("cookie", &ca)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    let parts = unzip(&zip_bytes);
+    let secrets: Value = serde_json::from_slice(&parts["secrets.json"]).unwrap();
+    let a_hash = secrets["bootstrap_password_hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let hash_file = data.join(".deltaglider_bootstrap_hash");
+    let b_hash = bcrypt::hash("pw-b", 4).unwrap();
+    std::fs::write(&hash_file, &b_hash).unwrap();
+    let env = vec![("DGP_SECURE_COOKIES", "false".to_string())];
+    let b = start_proxy_in(&data, None, &env, Some(dir)).await;
+    let cb = login(&b.url(), "pw-b").await;
+    let other = login(&b.url(), "pw-b").await;
+
+    // A hash that is not bcrypt is refused with the other validation, before any change.
+    let bad = with_secrets(&parts, |s| {
+        s["bootstrap_password_hash"] = json!("not-a-hash")
+    });
+    let (s, v) = import(&b.url(), &cb, bad).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("bootstrap_password_hash"),
+        "{v}"
+    );
+    assert!(user_names(&b.url(), &cb).await.is_empty());
+    assert_eq!(login_status(&b.url(), "pw-b").await, 200);
+
+    // The hash file cannot be written (a directory stands in its place): the commit point
+    // fails, so nothing of the import is applied and the old password and store stay.
+    std::fs::remove_file(&hash_file).unwrap();
+    std::fs::create_dir(&hash_file).unwrap();
+    std::fs::write(hash_file.join("blocker"), b"x").unwrap();
+    let (s, v) = import(&b.url(), &cb, zip_bytes.clone()).await;
+    assert_eq!((s, &v), (500, &json!({"error": "persist_failed"})));
+    assert!(user_names(&b.url(), &cb).await.is_empty());
+    assert_eq!(login_status(&b.url(), "pw-a").await, 401);
+    assert!(
+        !files_under(&data).iter().any(|f| f.contains(".rekey")),
+        "{:?}",
+        files_under(&data)
+    );
+    assert!(b
+        .client_as("YARAK", "yara-secret-1234")
+        .list_buckets()
+        .send()
+        .await
+        .is_err());
+    std::fs::remove_dir_all(&hash_file).unwrap();
+    std::fs::write(&hash_file, &b_hash).unwrap();
+
+    // The import adopts A's hash: A's password logs in, B's no longer; the caller's session
+    // stays, the other ends (as after PUT /password); the hash file holds A's hash.
+    let (s, v) = import(&b.url(), &cb, zip_bytes.clone()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({"users_created": 1, "users_skipped": 0, "groups_created": 0, "groups_skipped": 0,
+               "memberships_created": 0, "external_identities_created": 0,
+               "external_identities_skipped": 0, "bootstrap_password_restored": true})
+    );
+    assert_eq!(login_status(&b.url(), "pw-a").await, 200);
+    assert_eq!(login_status(&b.url(), "pw-b").await, 401);
+    assert_eq!(user_names(&b.url(), &cb).await, vec!["yara".to_string()]);
+    let r = reqwest::Client::new()
+        .get(format!("{}/_/api/admin/users", b.url()))
+        .header("cookie", &other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(std::fs::read_to_string(&hash_file).unwrap(), a_hash);
+    let audit: Value = reqwest::Client::new()
+        .get(format!("{}/_/api/admin/audit", b.url()))
+        .header("cookie", &cb)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.to_string().contains("admin_password_restore")
+                && e.to_string().contains("$bootstrap")),
+        "{audit}"
+    );
+    b.client()
+        .create_bucket()
+        .bucket("bkt")
+        .send()
+        .await
+        .unwrap();
+    put_bytes(&b.client(), "bkt", "f.txt", b"restored").await;
+    assert_eq!(
+        get_bytes(&b.client_as("YARAK", "yara-secret-1234"), "bkt", "f.txt").await,
+        b"restored"
+    );
+
+    // After a restart: still A's password (from the hash file), the store opens under it
+    // and the imported user still signs.
+    let mut b = b;
+    let keep = b.keep.take();
+    drop(b);
+    let b2 = start_proxy_in(&data, None, &env, keep).await;
+    assert_eq!(login_status(&b2.url(), "pw-b").await, 401);
+    let c2 = login(&b2.url(), "pw-a").await;
+    assert_eq!(
+        get_bytes(&b2.client_as("YARAK", "yara-secret-1234"), "bkt", "f.txt").await,
+        b"restored"
+    );
+    assert!(!b2.proc.logs().contains("invalid passphrase"));
+
+    // The same zip again: its hash is the running one, nothing to restore.
+    let (s, v) = import(&b2.url(), &c2, zip_bytes).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["bootstrap_password_restored"], false, "{v}");
+    assert_eq!(v["users_skipped"], 1, "{v}");
+    assert_eq!(login_status(&b2.url(), "pw-a").await, 200);
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Full backup and IAM export: `GET /_/api/admin/backup` (a zip of manifest.json, config.yaml,
 //! iam.json and secrets.json), `POST /_/api/admin/backup` (atomic import of that zip, or of
-//! the pre-0.8.4 plain JSON `{users, groups}`), and `GET /_/api/admin/config/declarative-iam-export`.
+//! the pre-0.8.4 plain JSON `{users, groups}`; a zip's bootstrap hash is adopted with its
+//! users, as one re-key of the config store), and `GET /_/api/admin/config/declarative-iam-export`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -18,8 +19,11 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::iam::{declarative_guard, persist_batch, persist_failed};
+use super::password::note_env_pinned;
+use super::session::any_session;
 use super::{audit_iam_change, err, require_session, St};
-use crate::iam::{GroupSpec, UserSpec};
+use crate::config_store;
+use crate::iam::{AdminOverlay, GroupSpec, UserSpec};
 use crate::state::AppState;
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
@@ -67,9 +71,8 @@ struct Membership {
     group: String,
 }
 
-/// `secrets.json`: user secrets by access key id, and the bootstrap hash (informational: an
-/// import never changes the bootstrap password; set DGP_BOOTSTRAP_PASSWORD_HASH to it to
-/// keep the same login on a new instance).
+/// `secrets.json`: user secrets by access key id, and the bootstrap hash (adopted on import
+/// when it differs from the running one, so the instance keeps the exported login).
 #[derive(Serialize, Deserialize, Default)]
 #[serde(default)]
 struct SecretsPart {
@@ -206,6 +209,8 @@ struct Incoming {
     groups: Vec<GroupSpec>,
     memberships: Vec<Membership>,
     external_identities: usize,
+    /// The zip's bootstrap hash, normalized and checked like a start-up hash.
+    bootstrap_hash: Option<String>,
 }
 
 /// The pre-0.8.4 import: `{users, groups}` with secrets inline.
@@ -257,6 +262,17 @@ fn read_zip(body: &[u8]) -> Result<Incoming, String> {
     let iam: IamPart = serde_json::from_slice(&parts[IAM]).map_err(|e| format!("{IAM}: {e}"))?;
     let secrets: SecretsPart =
         serde_json::from_slice(&parts[SECRETS]).map_err(|e| format!("{SECRETS}: {e}"))?;
+    // Checked here, with the other parts, so a bad hash refuses the import before any change
+    // (and an adopted hash can never stop the next start).
+    let bootstrap_hash = match secrets.bootstrap_password_hash.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(h) => {
+            let h = crate::bootstrap::normalize(h);
+            crate::bootstrap::check_hash(&h, &format!("{SECRETS}: bootstrap_password_hash"))
+                .map_err(|e| e.to_string())?;
+            Some(h)
+        }
+    };
     let users = iam
         .users
         .into_iter()
@@ -272,6 +288,7 @@ fn read_zip(body: &[u8]) -> Result<Incoming, String> {
         groups: iam.groups,
         memberships: iam.memberships,
         external_identities: iam.external_identities.len(),
+        bootstrap_hash,
     })
 }
 
@@ -286,12 +303,16 @@ fn parse_import(body: &[u8]) -> Result<Incoming, String> {
         groups: legacy.groups,
         memberships: vec![],
         external_identities: 0,
+        bootstrap_hash: None,
     })
 }
 
 /// `POST /_/api/admin/backup`: creates the users and groups whose names (and access keys)
 /// are free, skips the others unchanged, sets the memberships of the users it creates, all
-/// in one durable write.
+/// in one durable write. When the zip's bootstrap hash differs from the running one it is
+/// adopted as `PUT /_/api/admin/password` does, in that same write: the store is re-sealed
+/// under it with the new users and groups, the hash file is the commit point, and every
+/// other session ends.
 async fn import(
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -301,10 +322,16 @@ async fn import(
     if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
         return r;
     }
-    let inc = match parse_import(&body) {
-        Ok(i) => i,
-        Err(e) => return err(StatusCode::BAD_REQUEST, &format!("invalid_backup: {e}")),
+    let Ok((token, _)) = any_session(&st, &headers, &addr) else {
+        return err(StatusCode::UNAUTHORIZED, "not_authenticated");
     };
+    // The hash check runs bcrypt once: off the async workers.
+    let inc = match tokio::task::spawn_blocking(move || parse_import(&body)).await {
+        Ok(Ok(i)) => i,
+        Ok(Err(e)) => return err(StatusCode::BAD_REQUEST, &format!("invalid_backup: {e}")),
+        Err(_) => return err(StatusCode::INTERNAL_SERVER_ERROR, "backup_failed"),
+    };
+    let adopt = inc.bootstrap_hash.filter(|h| *h != st.bootstrap.hash());
     let reserved = |n: &str| n.is_empty() || n.starts_with('$');
     let mut users = st.iam.users.write();
     let mut groups = st.iam.groups.write();
@@ -357,14 +384,36 @@ async fn import(
         u.groups = member_of;
         new_users.push(u);
     }
-    if let Err(e) = persist_batch(&st, |o| {
+    let record = |o: &mut AdminOverlay| {
         for g in &new_groups {
             o.record_group(None, Some(g));
         }
         for u in &new_users {
             o.record_user(None, Some(u));
         }
-    }) {
+    };
+    let done = match &adopt {
+        None => persist_batch(&st, record),
+        Some(hash) => {
+            // As the password change: the hash file is the commit point of the re-key, so a
+            // failure before it leaves the old hash, store and users (nothing imported).
+            let key = config_store::key_for(hash);
+            let file = st.bootstrap.file.clone();
+            let hash = hash.clone();
+            let commit = move || -> Result<(), crate::error::ProxyError> {
+                config_store::write_atomic(&file, hash.as_bytes())?;
+                Ok(())
+            };
+            match &st.iam.admin_store {
+                Some(store) => store.change_rekeyed(key, commit, record),
+                None => commit(),
+            }
+        }
+    };
+    if let Err(e) = done {
+        if adopt.is_some() {
+            tracing::error!(error = %e, "backup import with its bootstrap hash not persisted");
+        }
         return persist_failed(e);
     }
     let (groups_created, users_created) = (new_groups.len(), new_users.len());
@@ -374,10 +423,13 @@ async fn import(
     for u in new_users {
         users.insert(u.access_key_id.clone(), u);
     }
+    if let Some(hash) = &adopt {
+        st.bootstrap.set_hash(hash.clone());
+    }
     drop(groups);
     drop(users);
     audit_iam_change(&st, "backup_import", "", &headers, &addr);
-    Json(json!({
+    let mut out = json!({
         "users_created": users_created,
         "users_skipped": users_skipped,
         "groups_created": groups_created,
@@ -385,8 +437,15 @@ async fn import(
         "memberships_created": memberships_created,
         "external_identities_created": 0,
         "external_identities_skipped": inc.external_identities,
-    }))
-    .into_response()
+        "bootstrap_password_restored": adopt.is_some(),
+    });
+    if let Some(hash) = &adopt {
+        // The password changed: as after PUT /password, only the caller's session stays.
+        st.sessions.retain_only(&token);
+        audit_iam_change(&st, "admin_password_restore", "$bootstrap", &headers, &addr);
+        note_env_pinned(&st, hash, &mut out);
+    }
+    Json(out).into_response()
 }
 
 /// `GET /_/api/admin/config/declarative-iam-export`: the IAM users and groups as an `access:`

@@ -90,13 +90,20 @@ async fn change_password(
     st.sessions.retain_only(&token);
     audit_iam_change(&st, "admin_password_change", "$bootstrap", &headers, &addr);
     let mut out = json!({"ok": true});
+    note_env_pinned(&st, &hash, &mut out);
+    Json(out).into_response()
+}
+
+/// After the bootstrap hash changed at runtime (password change, backup import): when it is
+/// pinned by `DGP_BOOTSTRAP_PASSWORD_HASH` (or `advanced.bootstrap_password_hash`), adds
+/// `warning` and the new `bootstrap_password_hash` to the answer. The pin wins over the
+/// hash file at the next start: the operator must update it, or the store (sealed under the
+/// new hash) will not open.
+pub(super) fn note_env_pinned(st: &AppState, hash: &str, out: &mut serde_json::Value) {
     if st.bootstrap.source == Source::Env {
-        // The variable wins over the file at the next start: the operator must update it,
-        // or the store (sealed under this new hash) will not open.
         out["warning"] = json!("DGP_BOOTSTRAP_PASSWORD_HASH is set and wins over the hash file at the next start: set it to bootstrap_password_hash");
         out["bootstrap_password_hash"] = json!(hash);
     }
-    Json(out).into_response()
 }
 
 #[derive(Deserialize)]
