@@ -27,7 +27,10 @@ pub struct BenchArgs {
     /// Scratch directory on the disk to measure (wiped per run).
     #[arg(long, default_value = "/tmp/dgp-bench")]
     pub work: PathBuf,
-    /// Modes to run: any of xdelta3, zstd, passthrough.
+    /// Modes to run: any of xdelta3, zstd, passthrough, each optionally suffixed `-s3`
+    /// (the proxy on an upstream-S3 backend: a real s3s-fs on loopback, with a direct-S3
+    /// baseline) and/or `-unsigned` (the client sends UNSIGNED-PAYLOAD), e.g.
+    /// `passthrough-s3-unsigned`.
     #[arg(
         long,
         value_delimiter = ',',
@@ -42,11 +45,19 @@ pub struct BenchArgs {
     /// Only the PUTs of the modes (no baselines, no GETs): for profiling the PUT path.
     #[arg(long)]
     pub put_only: bool,
+    /// The s3s-fs binary for the `-s3` modes (default: `s3s-fs` on PATH or in
+    /// ~/.cargo/bin; `cargo install s3s-fs@0.14.1 --features binary --locked`).
+    #[arg(long)]
+    pub s3s_fs: Option<PathBuf>,
 }
 
 const AK: &str = "BENCHAK";
 const SK: &str = "BENCHSECRET";
 const BUCKET: &str = "bench";
+/// The direct-S3 baseline's bucket on s3s-fs (beside the proxy's `bench`).
+const DIRECT: &str = "direct";
+const S3_AK: &str = "benchs3ak";
+const S3_SK: &str = "benchs3secret";
 
 fn median(v: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = v.collect();
@@ -99,10 +110,10 @@ async fn start(cfg: Config) -> Result<Running, ProxyError> {
     })
 }
 
-fn client(url: &str) -> aws_sdk_s3::Client {
+fn client(url: &str, ak: &str, sk: &str) -> aws_sdk_s3::Client {
     let conf = aws_sdk_s3::config::Builder::new()
         .behavior_version(BehaviorVersion::latest())
-        .credentials_provider(Credentials::new(AK, SK, None, None, "bench"))
+        .credentials_provider(Credentials::new(ak, sk, None, None, "bench"))
         .region(Region::new("us-east-1"))
         .endpoint_url(url)
         .force_path_style(true)
@@ -114,12 +125,16 @@ fn e<E: std::fmt::Debug>(x: E) -> ProxyError {
     ProxyError::Internal(format!("{x:?}"))
 }
 
-async fn get_all(c: &aws_sdk_s3::Client, files: &[(String, Vec<u8>)]) -> Result<f64, ProxyError> {
+async fn get_all(
+    c: &aws_sdk_s3::Client,
+    bucket: &str,
+    files: &[(String, Vec<u8>)],
+) -> Result<f64, ProxyError> {
     let t = Instant::now();
     for (name, data) in files {
         let out = c
             .get_object()
-            .bucket(BUCKET)
+            .bucket(bucket)
             .key(format!("corpus/{name}"))
             .send()
             .await
@@ -132,6 +147,115 @@ async fn get_all(c: &aws_sdk_s3::Client, files: &[(String, Vec<u8>)]) -> Result<
         }
     }
     Ok(t.elapsed().as_secs_f64())
+}
+
+/// PUTs every file (serially, one client), signed or with UNSIGNED-PAYLOAD; seconds.
+async fn put_all(
+    c: &aws_sdk_s3::Client,
+    bucket: &str,
+    files: &[(String, Vec<u8>)],
+    bodies: &[bytes::Bytes],
+    unsigned: bool,
+) -> Result<f64, ProxyError> {
+    let t = Instant::now();
+    for ((name, _), data) in files.iter().zip(bodies) {
+        let put = c
+            .put_object()
+            .bucket(bucket)
+            .key(format!("corpus/{name}"))
+            .body(data.clone().into());
+        if unsigned {
+            // UNSIGNED-PAYLOAD, as the AWS CLI and boto3 send over HTTPS: no payload hash
+            // before the first byte; the server hashes the body as it arrives.
+            put.customize().disable_payload_signing().send().await
+        } else {
+            put.send().await
+        }
+        .map_err(e)?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// A real S3 server (s3s-fs, objects as files under `root/<bucket>/`) on a loopback port,
+/// for the `-s3` modes and the direct-S3 baseline; killed on drop.
+struct S3sFs {
+    child: std::process::Child,
+    url: String,
+    root: PathBuf,
+}
+
+impl Drop for S3sFs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_s3s_fs(given: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = given {
+        return Some(p.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin")))
+        .map(|d| d.join("s3s-fs"))
+        .find(|p| p.is_file())
+}
+
+fn start_s3s_fs(bin: &Path, work: &Path) -> Result<S3sFs, ProxyError> {
+    let root = work.join("s3s-fs");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = std::process::Command::new(bin)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", S3_AK, "--secret-key", S3_SK])
+        .arg(&root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|x| ProxyError::Config(format!("{}: {x}", bin.display())))?;
+    let s = S3sFs {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        root,
+    };
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if t.elapsed().as_secs() > 20 {
+            return Err(ProxyError::Internal(
+                "s3s-fs did not start listening".into(),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    Ok(s)
+}
+
+/// The same client writing the corpus straight to the same s3s-fs (signed payload, as
+/// the proxy's default client), and reading it back: what the proxy in front costs.
+async fn direct_s3_baseline(
+    s3: &S3sFs,
+    files: &[(String, Vec<u8>)],
+    put_only: bool,
+) -> Result<(f64, f64), ProxyError> {
+    let _ = std::fs::remove_dir_all(s3.root.join(DIRECT));
+    let c = client(&s3.url, S3_AK, S3_SK);
+    c.create_bucket().bucket(DIRECT).send().await.map_err(e)?;
+    let bodies: Vec<bytes::Bytes> = files
+        .iter()
+        .map(|(_, d)| bytes::Bytes::copy_from_slice(d))
+        .collect();
+    let total: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+    let put = put_all(&c, DIRECT, files, &bodies, false).await?;
+    let get = if put_only {
+        f64::NAN
+    } else {
+        get_all(&c, DIRECT, files).await?
+    };
+    Ok((mb_s(total, put), mb_s(total, get)))
 }
 
 struct Row {
@@ -149,6 +273,7 @@ async fn run_mode(
     files: &[(String, Vec<u8>)],
     work: &Path,
     put_only: bool,
+    s3: Option<&S3sFs>,
 ) -> Result<Row, ProxyError> {
     let data_dir = work.join(mode);
     let _ = std::fs::remove_dir_all(&data_dir);
@@ -157,8 +282,22 @@ async fn run_mode(
     // A fixed admin hash: otherwise every fresh bench proxy generates a password (a cost-12
     // bcrypt and a warning) that nothing here uses.
     cfg.bootstrap_password_hash = bcrypt::hash("bench", 4).ok();
-    match mode {
+    let upstream = if mode.contains("-s3") {
+        let s3 = s3.ok_or_else(|| ProxyError::Config(format!("{mode}: no s3s-fs")))?;
+        // The proxy creates the upstream bucket through its CreateBucket.
+        let _ = std::fs::remove_dir_all(s3.root.join(BUCKET));
+        let st = &mut cfg.file.storage;
+        st.s3 = Some(s3.url.clone());
+        st.access_key_id = Some(S3_AK.into());
+        st.secret_access_key = Some(S3_SK.into());
+        st.force_path_style = Some(true);
+        Some(s3.root.join(BUCKET))
+    } else {
+        None
+    };
+    match mode.split('-').next().unwrap_or_default() {
         "zstd" => cfg.codec = Codec::Zstd,
+        "xdelta3" => {}
         "passthrough" => {
             cfg.file.storage.buckets.insert(
                 BUCKET.into(),
@@ -168,11 +307,11 @@ async fn run_mode(
                 },
             );
         }
-        _ => {}
+        other => return Err(ProxyError::Config(format!("unknown bench mode {other:?}"))),
     }
     let total: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
     let r = start(cfg.clone()).await?;
-    let c = client(&r.url);
+    let c = client(&r.url, AK, SK);
     c.create_bucket().bucket(BUCKET).send().await.map_err(e)?;
     // Shared buffers: the client sends them without a copy per PUT.
     let bodies: Vec<bytes::Bytes> = files
@@ -182,33 +321,27 @@ async fn run_mode(
     // What the client's signer spends on the payload SHA-256 before each PUT can send a
     // byte (serial here: one client). Timed apart so the report can say how much of a PUT
     // is the client's; the server still verifies that hash on the body it receives.
+    let unsigned = mode.ends_with("-unsigned");
     let t = Instant::now();
-    for b in &bodies {
+    for b in bodies.iter().filter(|_| !unsigned) {
         use sha2::Digest as _;
         std::hint::black_box(sha2::Sha256::digest(b));
     }
     let client_hash = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    for ((name, _), data) in files.iter().zip(&bodies) {
-        c.put_object()
-            .bucket(BUCKET)
-            .key(format!("corpus/{name}"))
-            .body(data.clone().into())
-            .send()
-            .await
-            .map_err(e)?;
-    }
-    let put = t.elapsed().as_secs_f64();
+    let put = put_all(&c, BUCKET, files, &bodies, unsigned).await?;
     r.task.abort();
-    let stored = dir_size(&data_dir.join("deltaspaces").join(BUCKET));
+    let stored = match &upstream {
+        Some(dir) => dir_size(dir),
+        None => dir_size(&data_dir.join("deltaspaces").join(BUCKET)),
+    };
     let (cold, warm) = if put_only {
         (f64::NAN, f64::NAN)
     } else {
         // Cold: a fresh proxy on the same data (empty reference cache).
         let r = start(cfg).await?;
-        let c = client(&r.url);
-        let cold = get_all(&c, files).await?;
-        let warm = get_all(&c, files).await?;
+        let c = client(&r.url, AK, SK);
+        let cold = get_all(&c, BUCKET, files).await?;
+        let warm = get_all(&c, BUCKET, files).await?;
         r.task.abort();
         (cold, warm)
     };
@@ -343,14 +476,28 @@ pub async fn run(args: BenchArgs) -> Result<(), ProxyError> {
     } else {
         xdelta3_baseline(&files, &args.work)?
     };
+    let s3 = if args.modes.iter().any(|m| m.contains("-s3")) {
+        let bin = find_s3s_fs(args.s3s_fs.as_deref()).ok_or_else(|| {
+            ProxyError::Config(
+                "the -s3 modes need s3s-fs: cargo install s3s-fs@0.14.1 --features binary --locked, or --s3s-fs PATH".into(),
+            )
+        })?;
+        Some(start_s3s_fs(&bin, &args.work)?)
+    } else {
+        None
+    };
+    let mut direct: Vec<(f64, f64)> = Vec::new();
     let mut disk: Vec<(f64, f64)> = Vec::new();
     let mut runs: Vec<Vec<Row>> = args.modes.iter().map(|_| Vec::new()).collect();
     for _ in 0..args.rounds.max(1) {
         if !args.put_only {
             disk.push(disk_baseline(&files, &args.work)?);
         }
+        if let Some(s3) = &s3 {
+            direct.push(direct_s3_baseline(s3, &files, args.put_only).await?);
+        }
         for (i, m) in args.modes.iter().enumerate() {
-            runs[i].push(run_mode(m, &files, &args.work, args.put_only).await?);
+            runs[i].push(run_mode(m, &files, &args.work, args.put_only, s3.as_ref()).await?);
         }
     }
     let d_w = median(disk.iter().map(|d| d.0));
@@ -359,8 +506,17 @@ pub async fn run(args: BenchArgs) -> Result<(), ProxyError> {
     println!(
         "baseline plain disk  : write+fsync+rename+fsync(dir) {d_w:.1} MB/s  read {d_r:.1} MB/s"
     );
+    let direct_put = median(direct.iter().map(|d| d.0));
+    if !direct.is_empty() {
+        let puts: Vec<String> = direct.iter().map(|d| format!("{:.0}", d.0)).collect();
+        println!(
+            "baseline direct S3   : s3s-fs on loopback, same client  PUT {direct_put:.1} MB/s  GET {:.1} MB/s   (PUT per round: {})",
+            median(direct.iter().map(|d| d.1)),
+            puts.join(", ")
+        );
+    }
     println!(
-        "{:<12} {:>16} {:>10} {:>14} {:>14}",
+        "{:<24} {:>16} {:>10} {:>14} {:>14}",
         "mode", "stored/original", "PUT MB/s", "cold GET MB/s", "warm GET MB/s"
     );
     let rows: Vec<Row> = args
@@ -379,7 +535,7 @@ pub async fn run(args: BenchArgs) -> Result<(), ProxyError> {
     for (row, rs) in rows.iter().zip(&runs) {
         let puts: Vec<String> = rs.iter().map(|r| format!("{:.0}", r.put)).collect();
         println!(
-            "{:<12} {:>16.3} {:>10.1} {:>14.1} {:>14.1}   (PUT per round: {})",
+            "{:<24} {:>16.3} {:>10.1} {:>14.1} {:>14.1}   (PUT per round: {})",
             row.mode,
             row.ratio,
             row.put,
@@ -393,7 +549,17 @@ pub async fn run(args: BenchArgs) -> Result<(), ProxyError> {
         println!("plain disk write per round: {}", ws.join(", "));
     }
     for r in &rows {
-        if r.mode != "passthrough" {
+        if r.mode.contains("-s3") {
+            println!(
+                "{}: PUT is {:.0}% of a direct PUT to the same s3s-fs",
+                r.mode,
+                100.0 * r.put / direct_put
+            );
+        }
+        if r.mode.contains("-s3") && r.mode.starts_with("passthrough") {
+            continue;
+        }
+        if !r.mode.starts_with("passthrough") {
             println!(
                 "{}: stored/original is {:.2}x the xdelta3 CLI's",
                 r.mode,
@@ -401,7 +567,8 @@ pub async fn run(args: BenchArgs) -> Result<(), ProxyError> {
             );
         } else {
             println!(
-                "passthrough PUT is {:.0}% of plain write+fsync+rename+fsync(dir); without the client's payload SHA-256 (timed apart) {:.1} MB/s, {:.0}%",
+                "{} PUT is {:.0}% of plain write+fsync+rename+fsync(dir); without the client's payload SHA-256 (timed apart) {:.1} MB/s, {:.0}%",
+                r.mode,
                 100.0 * r.put / d_w,
                 r.put_server,
                 100.0 * r.put_server / d_w
