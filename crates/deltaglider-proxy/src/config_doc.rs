@@ -307,6 +307,25 @@ fn section_schema(name: &str) -> Option<Value> {
                 ("public_prefixes", strings()),
                 ("public", td("boolean", json!(false))),
             ]);
+            let location = obj(vec![
+                ("bucket", t("string")),
+                ("prefix", td("string", json!(""))),
+            ]);
+            let mut rule = obj(vec![
+                (
+                    "name",
+                    json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}),
+                ),
+                ("source", location.clone()),
+                ("destination", location),
+                (
+                    "interval_secs",
+                    json!({"type": "integer", "minimum": 1, "default": 3600}),
+                ),
+                ("enabled", td("boolean", json!(true))),
+                ("replicate_deletes", td("boolean", json!(false))),
+            ]);
+            rule["required"] = json!(["name", "source", "destination"]);
             obj(vec![
                 ("filesystem", td("string", json!("./data"))),
                 ("s3", t("string")),
@@ -322,6 +341,7 @@ fn section_schema(name: &str) -> Option<Value> {
                     "buckets",
                     json!({"type": "object", "additionalProperties": bucket}),
                 ),
+                ("replication", obj(vec![("rules", arr(rule))])),
             ])
         }
         "advanced" => obj(vec![
@@ -413,6 +433,7 @@ access:
 storage:
   backends: [{name: a, type: filesystem, path: /tmp/x, encryption: {mode: none}}]
   buckets: {b: {compression: false, max_delta_ratio: 0.5, public_prefixes: [p/]}}
+  replication: {rules: [{name: r, source: {bucket: a, prefix: x/}, destination: {bucket: b, prefix: y/}, interval_secs: 60, enabled: false, replicate_deletes: true}]}
 advanced: {listen_addr: "127.0.0.1:1", tls: {enabled: false}}
 "#;
         let fc: FileConfig = serde_yaml::from_str(example).unwrap();

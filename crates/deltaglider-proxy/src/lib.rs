@@ -101,6 +101,8 @@ pub async fn build_state(cfg: Config) -> Result<Arc<AppState>, ProxyError> {
     let replication = Arc::new(replication::Replicator::new(
         engine.clone(),
         &cfg.file.storage.replication.clone().unwrap_or_default(),
+        // Beside the config store: the data dir is local for every backend kind.
+        Some(cfg.data_dir.join(replication::STATE_FILE)),
     ));
     let admission = admission::Chain::build(&cfg.file.admission, &cfg.file.storage.buckets)
         .map_err(ProxyError::Config)?;

@@ -2,7 +2,9 @@
 //! destination stores a reference and deltas), a second run skips objects whose destination
 //! ETag matches, a changed source object is copied again, pause makes run-now 409 until
 //! resume, history and failures are kept newest first, and a rule on its interval runs by
-//! itself.
+//! itself. Pause state and history survive a restart (kill -9) on the same data dir and a
+//! corrupt state file is not a start failure; `replicate_deletes` removes the destination
+//! copy of a deleted source object and nothing else, while the default leaves it.
 
 mod common;
 
@@ -249,5 +251,318 @@ async fn replication_rules_copy_skip_pause_and_record() {
     assert_eq!(
         get_bytes(&c, "dst", "auto-copy/a.bin").await,
         b"scheduled copy"
+    );
+}
+
+const YAML_DELETES: &str = r#"
+storage:
+  replication:
+    rules:
+      - name: mirror
+        source: {bucket: src, prefix: "builds/"}
+        destination: {bucket: dst, prefix: "mirror/"}
+        interval_secs: 86400
+        replicate_deletes: true
+      - name: keep
+        source: {bucket: src, prefix: "builds/"}
+        destination: {bucket: dst, prefix: "keep/"}
+        interval_secs: 86400
+"#;
+
+/// Starts the proxy on `dir` (same config, same bootstrap hash: the config store is sealed
+/// with a key derived from it).
+async fn start_on(dir: &std::path::Path, hash: &str) -> Proxy {
+    let cfg = dir.join("cfg.yaml");
+    std::fs::write(&cfg, YAML_DELETES).unwrap();
+    start_proxy_in(
+        dir,
+        None,
+        &[
+            ("DGP_CONFIG", cfg.to_str().unwrap().to_string()),
+            ("DGP_BOOTSTRAP_PASSWORD_HASH", hash.to_string()),
+            ("DGP_SECURE_COOKIES", "false".into()),
+        ],
+        None,
+    )
+    .await
+}
+
+async fn rule_status(http: &reqwest::Client, base: &str, cookie: &str, name: &str) -> Value {
+    let (s, st) = call(
+        http,
+        Method::GET,
+        format!("{base}/_/api/admin/replication"),
+        cookie,
+    )
+    .await;
+    assert_eq!(s, 200, "{st}");
+    st["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no rule {name}: {st}"))
+        .clone()
+}
+
+async fn exists(c: &aws_sdk_s3::Client, bucket: &str, key: &str) -> bool {
+    match c.head_object().bucket(bucket).key(key).send().await {
+        Ok(_) => true,
+        Err(e) => {
+            let status = e.raw_response().map(|r| r.status().as_u16());
+            assert_eq!(status, Some(404), "HEAD {bucket}/{key}: {e:?}");
+            false
+        }
+    }
+}
+
+#[tokio::test]
+async fn replication_deletes_and_state_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    let p = start_on(dir.path(), &hash).await;
+    let http = reqwest::Client::new();
+    let base = p.url();
+    let rule = |base: &str, name: &str, op: &str| {
+        format!("{base}/_/api/admin/replication/rules/{name}/{op}")
+    };
+    let cookie = admin_cookie(&http, &base, "pw").await;
+    let c = p.client();
+    for b in ["src", "dst"] {
+        c.create_bucket().bucket(b).send().await.unwrap();
+    }
+    let v1 = bytes(101, 200_000);
+    let v2 = mutate(&v1, 102);
+    put_bytes(&c, "src", "builds/a.zip", &v1).await;
+    put_bytes(&c, "src", "builds/b.zip", &v2).await;
+    // Destination objects the rule must never touch: outside its prefix, and beside it.
+    put_bytes(&c, "dst", "other/outside.bin", b"not replicated").await;
+    put_bytes(&c, "dst", "mirrored.bin", b"prefix-alike, outside").await;
+
+    assert_eq!(
+        rule_status(&http, &base, &cookie, "mirror").await["replicate_deletes"],
+        true
+    );
+    assert_eq!(
+        rule_status(&http, &base, &cookie, "keep").await["replicate_deletes"],
+        false
+    );
+    // The config dry run checks the field's type (an unknown field would be ignored), and the
+    // export carries it.
+    for (yaml, ok) in [
+        (YAML_DELETES.to_string(), true),
+        (
+            YAML_DELETES.replace("replicate_deletes: true", "replicate_deletes: sure"),
+            false,
+        ),
+    ] {
+        let r = http
+            .post(format!("{base}/_/api/admin/config/validate"))
+            .header("cookie", &cookie)
+            .json(&json!({ "yaml": yaml }))
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["ok"], ok, "{v}");
+    }
+    let export = http
+        .get(format!("{base}/_/api/admin/config/export?section=storage"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        export.matches("replicate_deletes: true").count(),
+        1,
+        "{export}"
+    );
+    assert_eq!(
+        export.matches("replicate_deletes: false").count(),
+        1,
+        "{export}"
+    );
+    for name in ["mirror", "keep"] {
+        let (s, run) = call(&http, Method::POST, rule(&base, name, "run-now"), &cookie).await;
+        assert_eq!(s, 200, "{run}");
+        assert_eq!(
+            (&run["copied"], &run["deleted"], &run["failed"]),
+            (&json!(2), &json!(0), &json!(0)),
+            "{run}"
+        );
+    }
+
+    // A source delete: the opted-in rule removes its copy, the default rule keeps it.
+    c.delete_object()
+        .bucket("src")
+        .key("builds/a.zip")
+        .send()
+        .await
+        .unwrap();
+    let (s, run) = call(
+        &http,
+        Method::POST,
+        rule(&base, "mirror", "run-now"),
+        &cookie,
+    )
+    .await;
+    assert_eq!(s, 200, "{run}");
+    assert_eq!(
+        (
+            &run["scanned"],
+            &run["skipped"],
+            &run["deleted"],
+            &run["failed"]
+        ),
+        (&json!(1), &json!(1), &json!(1), &json!(0)),
+        "{run}"
+    );
+    assert!(run.get("error").is_none(), "{run}");
+    assert!(!exists(&c, "dst", "mirror/a.zip").await);
+    assert_eq!(get_bytes(&c, "dst", "mirror/b.zip").await, v2);
+    assert_eq!(
+        get_bytes(&c, "dst", "other/outside.bin").await,
+        b"not replicated"
+    );
+    assert_eq!(
+        get_bytes(&c, "dst", "mirrored.bin").await,
+        b"prefix-alike, outside"
+    );
+    let (s, run) = call(&http, Method::POST, rule(&base, "keep", "run-now"), &cookie).await;
+    assert_eq!(s, 200, "{run}");
+    assert_eq!(
+        (&run["scanned"], &run["deleted"]),
+        (&json!(1), &json!(0)),
+        "{run}"
+    );
+    assert_eq!(get_bytes(&c, "dst", "keep/a.zip").await, v1);
+
+    // Deleting the last source object goes through the engine: the destination deltaspace
+    // loses its reference too.
+    c.delete_object()
+        .bucket("src")
+        .key("builds/b.zip")
+        .send()
+        .await
+        .unwrap();
+    let (_, run) = call(
+        &http,
+        Method::POST,
+        rule(&base, "mirror", "run-now"),
+        &cookie,
+    )
+    .await;
+    assert_eq!(
+        (&run["scanned"], &run["deleted"]),
+        (&json!(0), &json!(1)),
+        "{run}"
+    );
+    let stored = files_under(&p.bucket_dir("dst"));
+    assert!(
+        !stored.iter().any(|f| f.starts_with("mirror/")),
+        "{stored:?}"
+    );
+    assert!(
+        stored.contains(&"other/outside.bin".to_string()),
+        "{stored:?}"
+    );
+    assert!(
+        stored.iter().any(|f| f.starts_with("keep/a.zip")),
+        "{stored:?}"
+    );
+
+    // Pause, then kill -9 and restart on the same data dir: still paused, history kept.
+    let (s, v) = call(&http, Method::POST, rule(&base, "mirror", "pause"), &cookie).await;
+    assert_eq!((s, &v["paused"]), (200, &json!(true)), "{v}");
+    drop(p);
+    let p = start_on(dir.path(), &hash).await;
+    let base = p.url();
+    let cookie = admin_cookie(&http, &base, "pw").await;
+    let mirror = rule_status(&http, &base, &cookie, "mirror").await;
+    assert_eq!(mirror["paused"], true, "{mirror}");
+    assert_eq!(mirror["last_run"]["deleted"], 1, "{mirror}");
+    assert_eq!(
+        rule_status(&http, &base, &cookie, "keep").await["paused"],
+        false
+    );
+    let (s, v) = call(
+        &http,
+        Method::POST,
+        rule(&base, "mirror", "run-now"),
+        &cookie,
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    let (s, h) = call(
+        &http,
+        Method::GET,
+        rule(&base, "mirror", "history"),
+        &cookie,
+    )
+    .await;
+    assert_eq!(s, 200, "{h}");
+    let deleted: Vec<&Value> = h["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["deleted"])
+        .collect();
+    assert_eq!(deleted, vec![&json!(1), &json!(1), &json!(0)], "{h}");
+    let (_, h) = call(&http, Method::GET, rule(&base, "keep", "history"), &cookie).await;
+    assert_eq!(h["history"].as_array().unwrap().len(), 2, "{h}");
+
+    // Resume is durable too.
+    let (s, _) = call(
+        &http,
+        Method::POST,
+        rule(&base, "mirror", "resume"),
+        &cookie,
+    )
+    .await;
+    assert_eq!(s, 200);
+    drop(p);
+    let p = start_on(dir.path(), &hash).await;
+    let base = p.url();
+    let cookie = admin_cookie(&http, &base, "pw").await;
+    assert_eq!(
+        rule_status(&http, &base, &cookie, "mirror").await["paused"],
+        false
+    );
+    let (s, run) = call(
+        &http,
+        Method::POST,
+        rule(&base, "mirror", "run-now"),
+        &cookie,
+    )
+    .await;
+    assert_eq!((s, &run["deleted"]), (200, &json!(0)), "{run}");
+
+    // A corrupt state file is a warning and an empty state, never a start failure.
+    let (s, _) = call(&http, Method::POST, rule(&base, "mirror", "pause"), &cookie).await;
+    assert_eq!(s, 200);
+    drop(p);
+    let state = dir.path().join("replication_state.json");
+    assert!(state.exists());
+    std::fs::write(&state, b"{ not json").unwrap();
+    let p = start_on(dir.path(), &hash).await;
+    let base = p.url();
+    let cookie = admin_cookie(&http, &base, "pw").await;
+    let mirror = rule_status(&http, &base, &cookie, "mirror").await;
+    assert_eq!(
+        (&mirror["paused"], &mirror["last_run"]),
+        (&json!(false), &Value::Null),
+        "{mirror}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("replication_state.json.corrupt")).unwrap(),
+        b"{ not json"
+    );
+    assert!(
+        p.proc.logs().contains("replication state corrupt"),
+        "{}",
+        p.proc.logs()
     );
 }

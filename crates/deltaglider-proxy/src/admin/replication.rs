@@ -1,5 +1,6 @@
-//! Replication over the admin API: rule status, run-now (409 while paused), pause, resume,
-//! and each rule's run history and failures (newest first).
+//! Replication over the admin API: rule status, run-now (409 while paused), pause, resume
+//! (answered once durable in the state file), and each rule's run history and failures
+//! (newest first).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{audit_iam_change, err, require_session};
-use crate::replication::RunError;
+use crate::replication::{PauseError, RunError};
 use crate::state::AppState;
 
 /// Default and maximum `limit` of the history and failures lists.
@@ -91,8 +92,15 @@ async fn set_paused(
     if let Err(r) = require_session(st, headers, addr) {
         return r;
     }
-    if !st.replication.set_paused(name, paused) {
-        return no_rule(name);
+    match st.replication.set_paused(name, paused).await {
+        Ok(()) => {}
+        Err(PauseError::NoSuchRule) => return no_rule(name),
+        Err(PauseError::Persist(e)) => {
+            return err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("replication rule {name:?}: state not saved, nothing changed: {e}"),
+            )
+        }
     }
     let action = if paused {
         "replication_pause"
