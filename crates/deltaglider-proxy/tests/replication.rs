@@ -305,6 +305,21 @@ async fn rule_status(http: &reqwest::Client, base: &str, cookie: &str, name: &st
         .clone()
 }
 
+/// `POST …/replication/rules/{name}/run-now`: the status and the run record (or error).
+async fn run_now(http: &reqwest::Client, base: &str, cookie: &str, name: &str) -> (u16, Value) {
+    let url = format!("{base}/_/api/admin/replication/rules/{name}/run-now");
+    call(http, Method::POST, url, cookie).await
+}
+
+async fn delete(c: &aws_sdk_s3::Client, bucket: &str, key: &str) {
+    c.delete_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+}
+
 async fn exists(c: &aws_sdk_s3::Client, bucket: &str, key: &str) -> bool {
     match c.head_object().bucket(bucket).key(key).send().await {
         Ok(_) => true,
@@ -386,7 +401,7 @@ async fn replication_deletes_and_state_across_restarts() {
         "{export}"
     );
     for name in ["mirror", "keep"] {
-        let (s, run) = call(&http, Method::POST, rule(&base, name, "run-now"), &cookie).await;
+        let (s, run) = run_now(&http, &base, &cookie, name).await;
         assert_eq!(s, 200, "{run}");
         assert_eq!(
             (&run["copied"], &run["deleted"], &run["failed"]),
@@ -396,19 +411,8 @@ async fn replication_deletes_and_state_across_restarts() {
     }
 
     // A source delete: the opted-in rule removes its copy, the default rule keeps it.
-    c.delete_object()
-        .bucket("src")
-        .key("builds/a.zip")
-        .send()
-        .await
-        .unwrap();
-    let (s, run) = call(
-        &http,
-        Method::POST,
-        rule(&base, "mirror", "run-now"),
-        &cookie,
-    )
-    .await;
+    delete(&c, "src", "builds/a.zip").await;
+    let (s, run) = run_now(&http, &base, &cookie, "mirror").await;
     assert_eq!(s, 200, "{run}");
     assert_eq!(
         (
@@ -431,7 +435,7 @@ async fn replication_deletes_and_state_across_restarts() {
         get_bytes(&c, "dst", "mirrored.bin").await,
         b"prefix-alike, outside"
     );
-    let (s, run) = call(&http, Method::POST, rule(&base, "keep", "run-now"), &cookie).await;
+    let (s, run) = run_now(&http, &base, &cookie, "keep").await;
     assert_eq!(s, 200, "{run}");
     assert_eq!(
         (&run["scanned"], &run["deleted"]),
@@ -442,19 +446,8 @@ async fn replication_deletes_and_state_across_restarts() {
 
     // Deleting the last source object goes through the engine: the destination deltaspace
     // loses its reference too.
-    c.delete_object()
-        .bucket("src")
-        .key("builds/b.zip")
-        .send()
-        .await
-        .unwrap();
-    let (_, run) = call(
-        &http,
-        Method::POST,
-        rule(&base, "mirror", "run-now"),
-        &cookie,
-    )
-    .await;
+    delete(&c, "src", "builds/b.zip").await;
+    let (_, run) = run_now(&http, &base, &cookie, "mirror").await;
     assert_eq!(
         (&run["scanned"], &run["deleted"]),
         (&json!(0), &json!(1)),
@@ -488,13 +481,7 @@ async fn replication_deletes_and_state_across_restarts() {
         rule_status(&http, &base, &cookie, "keep").await["paused"],
         false
     );
-    let (s, v) = call(
-        &http,
-        Method::POST,
-        rule(&base, "mirror", "run-now"),
-        &cookie,
-    )
-    .await;
+    let (s, v) = run_now(&http, &base, &cookie, "mirror").await;
     assert_eq!(s, 409, "{v}");
     let (s, h) = call(
         &http,
@@ -531,13 +518,7 @@ async fn replication_deletes_and_state_across_restarts() {
         rule_status(&http, &base, &cookie, "mirror").await["paused"],
         false
     );
-    let (s, run) = call(
-        &http,
-        Method::POST,
-        rule(&base, "mirror", "run-now"),
-        &cookie,
-    )
-    .await;
+    let (s, run) = run_now(&http, &base, &cookie, "mirror").await;
     assert_eq!((s, &run["deleted"]), (200, &json!(0)), "{run}");
 
     // A corrupt state file is a warning and an empty state, never a start failure.
