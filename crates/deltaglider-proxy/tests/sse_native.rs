@@ -221,6 +221,30 @@ storage:
 
     // On the wire: every object write carried the SSE headers of its backend.
     let kms_puts = tap.puts("kmsb", "r/");
+    // A passthrough body goes up signed with the SHA-256 the proxy computed on receipt, so
+    // the upstream checks the client's bytes end to end; a delta is not those bytes.
+    let sha = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&plain))
+    };
+    let put_of = |key: &str| {
+        kms_puts
+            .iter()
+            .find(|h| h.starts_with(&format!("put /kmsb/{key}")))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let data_put = put_of("r/data.bin");
+    assert!(
+        data_put.contains(&format!("\r\nx-amz-content-sha256: {sha}\r\n")),
+        "{data_put}"
+    );
+    assert!(!data_put.contains("aws-chunked"), "{data_put}");
+    let delta_put = put_of("r/a-2.zip.delta");
+    assert!(
+        !delta_put.is_empty() && !delta_put.contains(&sha),
+        "{delta_put}"
+    );
     for key in ["r/reference.bin", "r/a-2.zip.delta", "r/data.bin"] {
         assert!(
             kms_puts

@@ -19,7 +19,13 @@ use super::metacache::{MetaCache, Stamp};
 use super::sse::NativeSse;
 use super::{Backend, ByteStream, PutData, StoredObject};
 use crate::error::ProxyError;
-use crate::meta::{FileMetadata, REFERENCE_NAME};
+use crate::meta::{FileMetadata, Note, REFERENCE_NAME};
+use aws_runtime::auth::PayloadSigningOverride;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextMut;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
 
 pub struct S3Backend {
     client: Client,
@@ -31,6 +37,46 @@ pub struct S3Backend {
     meta_cache: MetaCache,
     /// Native SSE requested on every write (`sse-kms` / `sse-s3` modes).
     sse: Option<NativeSse>,
+}
+
+/// The body's SHA-256 when the metadata already holds it: a passthrough object the proxy
+/// does not encrypt is stored as the client's exact bytes, whose SHA-256 the engine computed
+/// (or SigV4 verified) on receipt. The size is checked too, so a body that is not those
+/// bytes is never signed with their hash.
+async fn known_payload_sha256(data: &PutData, meta: &FileMetadata) -> Option<String> {
+    if meta.note() != Note::Passthrough || meta.encrypted.is_some() || meta.file_sha256.len() != 64
+    {
+        return None;
+    }
+    let len = match data {
+        PutData::Bytes(b) => b.len() as u64,
+        PutData::File(p) => tokio::fs::metadata(p).await.ok()?.len(),
+    };
+    (len == meta.file_size).then(|| meta.file_sha256.to_ascii_lowercase())
+}
+
+/// Signs an upload with a payload SHA-256 known in advance (`x-amz-content-sha256`), instead
+/// of the SDK hashing an in-memory body once more or streaming a file as aws-chunked with a
+/// CRC32 trailer. The upstream then checks the bytes against the hash the client's own
+/// bytes had: integrity end to end, spool file included, and one pass less over the body.
+#[derive(Debug)]
+struct KnownPayloadSha256(String);
+
+impl Intercept for KnownPayloadSha256 {
+    fn name(&self) -> &'static str {
+        "KnownPayloadSha256"
+    }
+
+    fn modify_before_signing(
+        &self,
+        _ctx: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _rc: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        cfg.interceptor_state()
+            .store_put(PayloadSigningOverride::Precomputed(self.0.clone()));
+        Ok(())
+    }
 }
 
 /// HEADs in flight per listing: enough to hide the round-trip latency, few enough not to
@@ -281,6 +327,7 @@ impl Backend for S3Backend {
         let mut meta = meta.clone();
         meta.encrypted_native = self.sse.as_ref().map(|s| s.marker().to_string());
         let bare = meta.to_bare_map(ref_key.as_deref());
+        let known_sha256 = known_payload_sha256(&data, &meta).await;
         let (body, tmp) = match data {
             PutData::Bytes(b) => (AwsByteStream::from(b), None),
             PutData::File(p) => (
@@ -300,7 +347,21 @@ impl Backend for S3Backend {
         if let Some(ct) = &meta.content_type {
             req = req.content_type(ct);
         }
-        let res = req.send().await.map_err(be);
+        let res = match known_sha256 {
+            Some(sha) => {
+                req.customize()
+                    .interceptor(KnownPayloadSha256(sha))
+                    .config_override(
+                        aws_sdk_s3::config::Builder::default().request_checksum_calculation(
+                            aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+                        ),
+                    )
+                    .send()
+                    .await
+            }
+            None => req.send().await,
+        }
+        .map_err(be);
         // Even a failed put may have replaced the object upstream.
         self.meta_cache.invalidate(bucket, key);
         if let Some(p) = tmp {
