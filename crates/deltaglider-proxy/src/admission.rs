@@ -294,6 +294,29 @@ pub struct Facts {
     pub authenticated: bool,
 }
 
+/// [`Facts`] borrowed: what matching reads, so the per-key LIST filter allocates nothing.
+struct Probe<'a> {
+    method: &'a str,
+    bucket: &'a str,
+    key: &'a str,
+    list_prefix: Option<&'a str>,
+    source_ip: Option<IpAddr>,
+    authenticated: bool,
+}
+
+impl Facts {
+    fn probe(&self) -> Probe<'_> {
+        Probe {
+            method: &self.method,
+            bucket: &self.bucket,
+            key: &self.key,
+            list_prefix: self.list_prefix.as_deref(),
+            source_ip: self.source_ip,
+            authenticated: self.authenticated,
+        }
+    }
+}
+
 /// The chain's answer.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verdict {
@@ -442,109 +465,119 @@ impl Chain {
         })
     }
 
-    /// Why `b` does not match `f`, or `None` when it does.
-    fn mismatch(&self, b: &Block, f: &Facts) -> Option<String> {
-        if !b.methods.is_empty() && !b.methods.contains(&f.method) {
-            return Some("method".into());
+    /// Whether every condition of `b` holds for `f`.
+    fn matches(&self, b: &Block, f: &Probe) -> bool {
+        if !b.methods.is_empty() && !b.methods.iter().any(|m| m == f.method) {
+            return false;
         }
-        if !b.sources.is_empty() {
-            match f.source_ip {
-                Some(ip) if b.sources.iter().any(|c| c.contains(ip)) => {}
-                _ => return Some("source_ip".into()),
-            }
+        if !b.sources.is_empty()
+            && !f
+                .source_ip
+                .is_some_and(|ip| b.sources.iter().any(|c| c.contains(ip)))
+        {
+            return false;
         }
-        if b.bucket.as_ref().is_some_and(|x| *x != f.bucket) {
-            return Some("bucket".into());
+        if b.bucket.as_ref().is_some_and(|x| x != f.bucket) {
+            return false;
         }
         if !b.globs.is_empty() {
             // A LIST is admitted anonymously when its prefix leads into the glob (the keys
             // are then filtered one by one); any other action needs the prefix itself to
             // match, so a deny on `legal/*` does not refuse listing the bucket root.
-            let hit = match &f.list_prefix {
+            let hit = match f.list_prefix {
                 Some(p) => {
                     let partial = b.action == BlockAction::AllowAnonymous;
                     b.globs.iter().any(|g| g.matches(p, partial))
                 }
-                None => b.globs.iter().any(|g| g.matches(&f.key, false)),
+                None => b.globs.iter().any(|g| g.matches(f.key, false)),
             };
             if !hit {
-                return Some("path_glob".into());
+                return false;
             }
         }
         if b.authenticated.is_some_and(|a| a != f.authenticated) {
-            return Some("authenticated".into());
+            return false;
         }
         if let Some(flag) = &b.config_flag {
             if !self.flags.get(flag).copied().unwrap_or(false) {
-                return Some("config_flag".into());
+                return false;
             }
         }
-        None
+        true
     }
 
-    /// First match wins; no match is `continue` (normal authentication).
+    /// The first block matching `f` (first match wins), without building a [`Verdict`]:
+    /// this runs on every S3 request and once per key of an anonymous LIST.
+    fn first_match(&self, f: &Probe) -> Option<&Block> {
+        self.blocks.iter().find(|b| self.matches(b, f))
+    }
+
+    /// The action of the first matching block; `None` is `continue` (normal authentication).
+    fn action_for(&self, f: &Probe) -> Option<&BlockAction> {
+        self.first_match(f).map(|b| &b.action)
+    }
+
+    /// First match wins; no match is `continue` (normal authentication). The explained
+    /// form, for the admin trace and `config admission trace`.
     pub fn evaluate(&self, f: &Facts) -> Verdict {
-        for b in &self.blocks {
-            if self.mismatch(b, f).is_some() {
-                continue;
-            }
-            let reason = match &b.action {
-                BlockAction::AllowAnonymous if f.authenticated => format!(
-                    "block '{}' allows anonymous access; a signed request still takes the full IAM path",
-                    b.name
-                ),
-                BlockAction::AllowAnonymous => format!(
-                    "block '{}' admits anonymous GET/HEAD/LIST of matching keys",
-                    b.name
-                ),
-                BlockAction::Deny => format!("block '{}' denies the request (403)", b.name),
-                BlockAction::Reject { status, .. } => {
-                    format!("block '{}' rejects the request with HTTP {status}", b.name)
-                }
-                BlockAction::Continue => format!(
-                    "block '{}' matched: the rest of the chain is skipped, normal authentication applies",
-                    b.name
-                ),
-            };
+        let Some(b) = self.first_match(&f.probe()) else {
             return Verdict {
-                decision: b.action.as_str(),
-                matched_block: Some(b.name.clone()),
-                reason,
-                action: Some(b.action.clone()),
+                decision: "continue",
+                matched_block: None,
+                reason: "no block matched: normal authentication applies".into(),
+                action: None,
             };
-        }
+        };
+        let reason = match &b.action {
+            BlockAction::AllowAnonymous if f.authenticated => format!(
+                "block '{}' allows anonymous access; a signed request still takes the full IAM path",
+                b.name
+            ),
+            BlockAction::AllowAnonymous => format!(
+                "block '{}' admits anonymous GET/HEAD/LIST of matching keys",
+                b.name
+            ),
+            BlockAction::Deny => format!("block '{}' denies the request (403)", b.name),
+            BlockAction::Reject { status, .. } => {
+                format!("block '{}' rejects the request with HTTP {status}", b.name)
+            }
+            BlockAction::Continue => format!(
+                "block '{}' matched: the rest of the chain is skipped, normal authentication applies",
+                b.name
+            ),
+        };
         Verdict {
-            decision: "continue",
-            matched_block: None,
-            reason: "no block matched: normal authentication applies".into(),
-            action: None,
+            decision: b.action.as_str(),
+            matched_block: Some(b.name.clone()),
+            reason,
+            action: Some(b.action.clone()),
         }
     }
 
     /// Anonymous read of one key (GET semantics), for GETs and the LIST filter.
     pub fn anonymous_may_read(&self, bucket: &str, key: &str, ip: Option<IpAddr>) -> bool {
-        let f = Facts {
-            method: "GET".into(),
-            bucket: bucket.into(),
-            key: key.into(),
+        let f = Probe {
+            method: "GET",
+            bucket,
+            key,
             list_prefix: None,
             source_ip: ip,
             authenticated: false,
         };
-        self.evaluate(&f).action == Some(BlockAction::AllowAnonymous)
+        self.action_for(&f) == Some(&BlockAction::AllowAnonymous)
     }
 
     /// Anonymous LIST of `prefix` in `bucket`.
     pub fn anonymous_may_list(&self, bucket: &str, prefix: &str, ip: Option<IpAddr>) -> bool {
-        let f = Facts {
-            method: "GET".into(),
-            bucket: bucket.into(),
-            key: String::new(),
-            list_prefix: Some(prefix.into()),
+        let f = Probe {
+            method: "GET",
+            bucket,
+            key: "",
+            list_prefix: Some(prefix),
             source_ip: ip,
             authenticated: false,
         };
-        self.evaluate(&f).action == Some(BlockAction::AllowAnonymous)
+        self.action_for(&f) == Some(&BlockAction::AllowAnonymous)
     }
 }
 
@@ -704,32 +737,23 @@ pub async fn enforce(
         ip,
         carries_credentials(&req),
     );
-    let verdict = st.admission.read().evaluate(&facts);
-    let ip_s = ip.map(|i| i.to_string()).unwrap_or_default();
-    let block = verdict.matched_block.clone().unwrap_or_default();
-    match &verdict.action {
+    // Only what the response needs is taken from the matched block, under the read lock.
+    let (action, block) = match st.admission.read().first_match(&facts.probe()) {
+        Some(b) => (Some(b.action.clone()), b.name.clone()),
+        None => (None, String::new()),
+    };
+    let audit = |event: &str| {
+        let ip_s = ip.map(|i| i.to_string()).unwrap_or_default();
+        st.audit
+            .record(event, "", &block, &ip_s, "", &facts.bucket, &facts.key);
+    };
+    match &action {
         Some(BlockAction::Deny) => {
-            st.audit.record(
-                "admission_denied",
-                "",
-                &block,
-                &ip_s,
-                "",
-                &facts.bucket,
-                &facts.key,
-            );
+            audit("admission_denied");
             return s3_error(403, "AccessDenied", "Access Denied", req.uri().path());
         }
         Some(BlockAction::Reject { status, message }) => {
-            st.audit.record(
-                "admission_rejected",
-                "",
-                &block,
-                &ip_s,
-                "",
-                &facts.bucket,
-                &facts.key,
-            );
+            audit("admission_rejected");
             let msg = message
                 .clone()
                 .unwrap_or_else(|| format!("Request rejected by admission block '{block}'"));
@@ -739,7 +763,7 @@ pub async fn enforce(
     }
     req.extensions_mut().insert(Admission {
         source_ip: ip,
-        allow_anonymous: verdict.action == Some(BlockAction::AllowAnonymous),
+        allow_anonymous: action == Some(BlockAction::AllowAnonymous),
     });
     next.run(req).await
 }
