@@ -471,6 +471,16 @@ async fn quota_suite(p: &Proxy) {
     // 600 bytes left: an overwrite of a.bin replaces its size rather than adding to it.
     put_bytes(&c, "quota-b", "a.bin", &bytes(5, 900)).await;
     put_bytes(&c, "quota-b", "a.bin", &bytes(6, 950)).await;
+    // A conditional overwrite (which resolves the key for its precondition) replaces the
+    // size too: were it added, the multipart below would be refused.
+    c.put_object()
+        .bucket("quota-b")
+        .key("a.bin")
+        .if_match("*")
+        .body(bytes(8, 950).into())
+        .send()
+        .await
+        .unwrap();
     // Multipart completes once there is room (usage 950 < 1000).
     let mpu = c
         .create_multipart_upload()

@@ -17,14 +17,23 @@ pub(super) async fn delete_object(
     if key.ends_with('/') {
         delete_prefix(p, &principal, bucket, key).await?;
     } else {
-        delete_one(p, bucket, key).await.map_err(perr)?;
+        delete_one(p, bucket, key, None).await.map_err(perr)?;
     }
     Ok(S3Response::new(DeleteObjectOutput::default()))
 }
 
-/// Deletes one user key through the engine and keeps the quota usage current.
-async fn delete_one(p: &Proxy, bucket: &str, key: &str) -> Result<(), crate::error::ProxyError> {
-    let old = p.usage.size_before(p, bucket, key).await;
+/// Deletes one user key through the engine and keeps the quota usage current; `listed` is
+/// its size when a listing already gave it (then the key is not resolved again).
+async fn delete_one(
+    p: &Proxy,
+    bucket: &str,
+    key: &str,
+    listed: Option<u64>,
+) -> Result<(), crate::error::ProxyError> {
+    let old = match listed {
+        Some(n) => Some(n),
+        None => p.usage.size_before(p, bucket, key).await,
+    };
     p.state.engine.delete(bucket, key).await?;
     p.usage.deleted(p, bucket, old);
     Ok(())
@@ -47,10 +56,10 @@ async fn delete_prefix(
         .list(bucket, prefix, None, None, usize::MAX, &|_| true)
         .await
         .map_err(perr)?;
-    let mut keys: Vec<String> = page.objects.into_iter().map(|e| e.key).collect();
-    if let Some(denied) = keys
+    let mut keys: Vec<(String, u64)> = page.objects.into_iter().map(|e| (e.key, e.size)).collect();
+    if let Some((denied, _)) = keys
         .iter()
-        .find(|k| !p.state.allowed(principal, Action::Delete, bucket, k))
+        .find(|(k, _)| !p.state.allowed(principal, Action::Delete, bucket, k))
     {
         p.state
             .audit_denial(principal, "DeleteObject", bucket, denied);
@@ -61,10 +70,10 @@ async fn delete_prefix(
             ),
         ));
     }
-    keys.sort_unstable_by(|a, b| b.cmp(a));
+    keys.sort_unstable_by(|a, b| b.0.cmp(&a.0));
     tracing::debug!(bucket, prefix, keys = keys.len(), "recursive prefix delete");
-    for k in &keys {
-        delete_one(p, bucket, k).await.map_err(perr)?;
+    for (k, size) in &keys {
+        delete_one(p, bucket, k, Some(*size)).await.map_err(perr)?;
     }
     Ok(())
 }
@@ -98,7 +107,7 @@ pub(super) async fn delete_objects(
             });
             continue;
         }
-        match delete_one(p, &bucket, &o.key).await {
+        match delete_one(p, &bucket, &o.key, None).await {
             Ok(()) => {
                 if !quiet {
                     deleted.push(DeletedObject {

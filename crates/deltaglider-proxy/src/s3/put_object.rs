@@ -15,18 +15,27 @@ pub(super) async fn handle(
 ) -> S3Result<S3Response<PutObjectOutput>> {
     let input = req.input;
     let (bucket, key) = (input.bucket.clone(), input.key.clone());
-    if input.if_none_match.is_some() || input.if_match.is_some() {
-        write_preconditions(
-            p,
-            &bucket,
-            &key,
-            input.if_match.as_ref(),
-            input.if_none_match.as_ref(),
+    // A conditional write resolves the key anyway: the size found there is the one quota
+    // usage needs, so the key is not resolved a second time.
+    let resolved = if input.if_none_match.is_some() || input.if_match.is_some() {
+        Some(
+            write_preconditions(
+                p,
+                &bucket,
+                &key,
+                input.if_match.as_ref(),
+                input.if_none_match.as_ref(),
+            )
+            .await?,
         )
-        .await?;
-    }
+    } else {
+        None
+    };
     p.usage.admit(p, &bucket).await?;
-    let old = p.usage.size_before(p, &bucket, &key).await;
+    let old = match resolved {
+        Some(size) => size,
+        None => p.usage.size_before(p, &bucket, &key).await,
+    };
     let info = BodyInfo {
         len: req
             .headers
@@ -55,14 +64,15 @@ pub(super) async fn handle(
 }
 
 /// Conditional write: `If-None-Match: *` refuses to overwrite an existing key; `If-Match`
-/// requires the key to exist (with that ETag unless `*`). Both fail as 412.
+/// requires the key to exist (with that ETag unless `*`). Both fail as 412. Returns the
+/// size of the existing object, if any.
 async fn write_preconditions(
     p: &Proxy,
     bucket: &str,
     key: &str,
     if_match: Option<&ETagCondition>,
     if_none_match: Option<&ETagCondition>,
-) -> S3Result<()> {
+) -> S3Result<Option<u64>> {
     let existing = match p.state.engine.resolve(bucket, key).await {
         Ok(r) => Some(r),
         Err(ProxyError::NoSuchKey) => None,
@@ -81,7 +91,7 @@ async fn write_preconditions(
             return Err(perr(ProxyError::PreconditionFailed));
         }
     }
-    Ok(())
+    Ok(existing.map(|r| r.meta.file_size))
 }
 
 /// The payload SHA-256 when SigV4 vouches for it: a verified request (header or presigned
