@@ -92,6 +92,26 @@ pub struct S3BackendConfig {
     pub secret_access_key: String,
 }
 
+impl S3BackendConfig {
+    /// The SDK configuration for this upstream (static credentials named `provider`),
+    /// shared by the backend, the credential check and the bench client; callers add
+    /// their retry and timeout settings.
+    pub fn sdk_config(&self, provider: &'static str) -> aws_sdk_s3::config::Builder {
+        aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .credentials_provider(Credentials::new(
+                &self.access_key_id,
+                &self.secret_access_key,
+                None,
+                None,
+                provider,
+            ))
+            .region(Region::new(self.region.clone()))
+            .endpoint_url(&self.endpoint)
+            .force_path_style(self.path_style)
+    }
+}
+
 fn be<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
     e: SdkError<E, R>,
 ) -> ProxyError {
@@ -138,20 +158,7 @@ impl S3Backend {
         meta_cache_bytes: u64,
     ) -> Result<Self, ProxyError> {
         std::fs::create_dir_all(&spool)?;
-        let creds = Credentials::new(
-            &cfg.access_key_id,
-            &cfg.secret_access_key,
-            None,
-            None,
-            "deltaglider-proxy",
-        );
-        let conf = aws_sdk_s3::config::Builder::new()
-            .behavior_version(BehaviorVersion::latest())
-            .credentials_provider(creds)
-            .region(Region::new(cfg.region.clone()))
-            .endpoint_url(&cfg.endpoint)
-            .force_path_style(cfg.path_style)
-            .build();
+        let conf = cfg.sdk_config("deltaglider-proxy").build();
         let head_conf = conf
             .to_builder()
             .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
@@ -509,18 +516,8 @@ pub async fn check_credentials(cfg: &S3BackendConfig, bucket: Option<&str>) -> R
         .connect_timeout(std::time::Duration::from_secs(5))
         .operation_timeout(std::time::Duration::from_secs(20))
         .build();
-    let conf = aws_sdk_s3::config::Builder::new()
-        .behavior_version(BehaviorVersion::latest())
-        .credentials_provider(Credentials::new(
-            &cfg.access_key_id,
-            &cfg.secret_access_key,
-            None,
-            None,
-            "deltaglider-proxy-check",
-        ))
-        .region(Region::new(cfg.region.clone()))
-        .endpoint_url(&cfg.endpoint)
-        .force_path_style(cfg.path_style)
+    let conf = cfg
+        .sdk_config("deltaglider-proxy-check")
         .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
         .timeout_config(timeouts)
         .build();
