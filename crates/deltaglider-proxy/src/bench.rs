@@ -12,8 +12,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use bytes::Bytes;
 
+use crate::backend::s3::S3BackendConfig;
 use crate::config::{BucketPolicy, Config};
 use crate::error::ProxyError;
 use crate::meta::Codec;
@@ -111,14 +112,19 @@ async fn start(cfg: Config) -> Result<Running, ProxyError> {
 }
 
 fn client(url: &str, ak: &str, sk: &str) -> aws_sdk_s3::Client {
-    let conf = aws_sdk_s3::config::Builder::new()
-        .behavior_version(BehaviorVersion::latest())
-        .credentials_provider(Credentials::new(ak, sk, None, None, "bench"))
-        .region(Region::new("us-east-1"))
-        .endpoint_url(url)
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
+    let upstream = S3BackendConfig {
+        endpoint: url.into(),
+        region: "us-east-1".into(),
+        path_style: true,
+        access_key_id: ak.into(),
+        secret_access_key: sk.into(),
+    };
+    aws_sdk_s3::Client::from_conf(upstream.sdk_config("bench").build())
+}
+
+/// Original bytes of the whole corpus.
+fn corpus_size(files: &[(String, Bytes)]) -> u64 {
+    files.iter().map(|(_, d)| d.len() as u64).sum()
 }
 
 fn e<E: std::fmt::Debug>(x: E) -> ProxyError {
@@ -128,7 +134,7 @@ fn e<E: std::fmt::Debug>(x: E) -> ProxyError {
 async fn get_all(
     c: &aws_sdk_s3::Client,
     bucket: &str,
-    files: &[(String, Vec<u8>)],
+    files: &[(String, Bytes)],
 ) -> Result<f64, ProxyError> {
     let t = Instant::now();
     for (name, data) in files {
@@ -140,7 +146,7 @@ async fn get_all(
             .await
             .map_err(e)?;
         let got = out.body.collect().await.map_err(e)?.into_bytes();
-        if got.as_ref() != data.as_slice() {
+        if got != data {
             return Err(ProxyError::Integrity(format!(
                 "bench: {name} came back different"
             )));
@@ -153,12 +159,11 @@ async fn get_all(
 async fn put_all(
     c: &aws_sdk_s3::Client,
     bucket: &str,
-    files: &[(String, Vec<u8>)],
-    bodies: &[bytes::Bytes],
+    files: &[(String, Bytes)],
     unsigned: bool,
 ) -> Result<f64, ProxyError> {
     let t = Instant::now();
-    for ((name, _), data) in files.iter().zip(bodies) {
+    for (name, data) in files {
         let put = c
             .put_object()
             .bucket(bucket)
@@ -238,18 +243,14 @@ fn start_s3s_fs(bin: &Path, work: &Path) -> Result<S3sFs, ProxyError> {
 /// the proxy's default client), and reading it back: what the proxy in front costs.
 async fn direct_s3_baseline(
     s3: &S3sFs,
-    files: &[(String, Vec<u8>)],
+    files: &[(String, Bytes)],
     put_only: bool,
 ) -> Result<(f64, f64), ProxyError> {
     let _ = std::fs::remove_dir_all(s3.root.join(DIRECT));
     let c = client(&s3.url, S3_AK, S3_SK);
     c.create_bucket().bucket(DIRECT).send().await.map_err(e)?;
-    let bodies: Vec<bytes::Bytes> = files
-        .iter()
-        .map(|(_, d)| bytes::Bytes::copy_from_slice(d))
-        .collect();
-    let total: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
-    let put = put_all(&c, DIRECT, files, &bodies, false).await?;
+    let total = corpus_size(files);
+    let put = put_all(&c, DIRECT, files, false).await?;
     let get = if put_only {
         f64::NAN
     } else {
@@ -270,7 +271,7 @@ struct Row {
 
 async fn run_mode(
     mode: &str,
-    files: &[(String, Vec<u8>)],
+    files: &[(String, Bytes)],
     work: &Path,
     put_only: bool,
     s3: Option<&S3sFs>,
@@ -309,26 +310,21 @@ async fn run_mode(
         }
         other => return Err(ProxyError::Config(format!("unknown bench mode {other:?}"))),
     }
-    let total: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+    let total = corpus_size(files);
     let r = start(cfg.clone()).await?;
     let c = client(&r.url, AK, SK);
     c.create_bucket().bucket(BUCKET).send().await.map_err(e)?;
-    // Shared buffers: the client sends them without a copy per PUT.
-    let bodies: Vec<bytes::Bytes> = files
-        .iter()
-        .map(|(_, d)| bytes::Bytes::copy_from_slice(d))
-        .collect();
     // What the client's signer spends on the payload SHA-256 before each PUT can send a
     // byte (serial here: one client). Timed apart so the report can say how much of a PUT
     // is the client's; the server still verifies that hash on the body it receives.
     let unsigned = mode.ends_with("-unsigned");
     let t = Instant::now();
-    for b in bodies.iter().filter(|_| !unsigned) {
+    for (_, b) in files.iter().filter(|_| !unsigned) {
         use sha2::Digest as _;
         std::hint::black_box(sha2::Sha256::digest(b));
     }
     let client_hash = t.elapsed().as_secs_f64();
-    let put = put_all(&c, BUCKET, files, &bodies, unsigned).await?;
+    let put = put_all(&c, BUCKET, files, unsigned).await?;
     r.task.abort();
     let stored = match &upstream {
         Some(dir) => dir_size(dir),
@@ -357,10 +353,7 @@ async fn run_mode(
 
 /// xdelta3 CLI on the same pairs (each version against the first), with the reference
 /// counted in full, as the engine stores it.
-fn xdelta3_baseline(
-    files: &[(String, Vec<u8>)],
-    work: &Path,
-) -> Result<(f64, f64, f64), ProxyError> {
+fn xdelta3_baseline(files: &[(String, Bytes)], work: &Path) -> Result<(f64, f64, f64), ProxyError> {
     let dir = work.join("xdelta3-cli");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -403,7 +396,7 @@ fn xdelta3_baseline(
             .status()?;
         dec_secs += t.elapsed().as_secs_f64();
     }
-    let total: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+    let total = corpus_size(files);
     Ok((
         stored as f64 / total as f64,
         mb_s(enc_bytes, enc_secs),
@@ -413,12 +406,12 @@ fn xdelta3_baseline(
 
 /// Plain writes with the proxy's durability floor (temp file, write, fsync, rename, fsync
 /// of the directory) and reads, on the same disk.
-fn disk_baseline(files: &[(String, Vec<u8>)], work: &Path) -> Result<(f64, f64), ProxyError> {
+fn disk_baseline(files: &[(String, Bytes)], work: &Path) -> Result<(f64, f64), ProxyError> {
     use std::io::Write;
     let dir = work.join("plain");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let total: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+    let total = corpus_size(files);
     let t = Instant::now();
     for (name, data) in files {
         let tmp = dir.join(format!(".{name}.tmp"));
@@ -450,7 +443,8 @@ pub async fn run(args: BenchArgs) -> Result<(), ProxyError> {
             args.corpus.display()
         )));
     }
-    let files: Vec<(String, Vec<u8>)> = names
+    // Shared buffers: the client sends them without a copy per PUT.
+    let files: Vec<(String, Bytes)> = names
         .iter()
         .map(|p| {
             Ok((
@@ -458,11 +452,11 @@ pub async fn run(args: BenchArgs) -> Result<(), ProxyError> {
                     .unwrap_or_default()
                     .to_string_lossy()
                     .to_string(),
-                std::fs::read(p)?,
+                Bytes::from(std::fs::read(p)?),
             ))
         })
         .collect::<Result<_, std::io::Error>>()?;
-    let total: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+    let total = corpus_size(&files);
     std::fs::create_dir_all(&args.work)?;
     println!(
         "corpus: {} files, {:.1} MB total ({}), median of {} rounds",
