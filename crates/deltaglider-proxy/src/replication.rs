@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::delta::{Body, Engine, PutOptions};
+use crate::delta::{Engine, PutOptions};
 use crate::error::ProxyError;
 
 /// Runs and failures kept per rule (newest first when read).
@@ -550,12 +550,7 @@ impl Replicator {
         dest_key: &str,
     ) -> Result<u64, ProxyError> {
         let r = self.engine.resolve(src_bucket, key).await?;
-        let (body, _) = self.engine.get(src_bucket, &r, None).await?;
-        let stream: crate::backend::ByteStream = match body {
-            Body::Bytes(b) => Box::pin(futures::stream::iter([Ok::<_, std::io::Error>(b)])),
-            Body::Stream(s) => s,
-        };
-        let spooled = crate::delta::spool(&self.engine.spool_dir(dst_bucket), stream).await?;
+        let spooled = self.engine.spool_object(src_bucket, &r, dst_bucket).await?;
         if !r.meta.file_sha256.is_empty() && spooled.sha256 != r.meta.file_sha256 {
             let _ = tokio::fs::remove_file(&spooled.path).await;
             return Err(ProxyError::Integrity(format!(

@@ -896,6 +896,24 @@ impl Engine {
         Ok((Body::Bytes(body), cache_hit))
     }
 
+    /// Reads a whole object (any stored form) into a spool file of `dst_bucket`'s backend,
+    /// ready for [`Engine::put`]: the read half of CopyObject and of a replication copy.
+    pub async fn spool_object(
+        &self,
+        bucket: &str,
+        r: &Resolved,
+        dst_bucket: &str,
+    ) -> Result<Spooled, ProxyError> {
+        let (body, _) = self.get(bucket, r, None).await?;
+        let dir = self.spool_dir(dst_bucket);
+        match body {
+            Body::Bytes(b) => {
+                spool(&dir, futures::stream::iter([Ok::<_, std::io::Error>(b)])).await
+            }
+            Body::Stream(s) => spool(&dir, s).await,
+        }
+    }
+
     /// Deletes a user key (both stored forms), then drops the deltaspace reference if no
     /// delta needs it any more. A missing key is a success.
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), ProxyError> {

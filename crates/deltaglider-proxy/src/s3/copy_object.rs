@@ -2,13 +2,11 @@
 //! again under the destination key (COPY keeps the source metadata, REPLACE takes the
 //! request's).
 
-use bytes::Bytes;
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result};
 
 use super::{check_copy_source_conditions, etag, perr, ts, Proxy};
-use crate::delta::{Body, PutOptions, Resolved};
-use crate::error::ProxyError;
+use crate::delta::PutOptions;
 
 pub(super) async fn handle(
     p: &Proxy,
@@ -40,7 +38,10 @@ pub(super) async fn handle(
         }
     };
     let old = p.usage.size_before(p, &input.bucket, &input.key).await;
-    let up = spool_object(p, &sb, &r, &input.bucket)
+    let up = p
+        .state
+        .engine
+        .spool_object(&sb, &r, &input.bucket)
         .await
         .map_err(perr)?;
     let meta = p
@@ -58,25 +59,4 @@ pub(super) async fn handle(
         }),
         ..Default::default()
     }))
-}
-
-/// Reads a whole object (any stored form) into a spool file of the destination's backend.
-async fn spool_object(
-    p: &Proxy,
-    src_bucket: &str,
-    r: &Resolved,
-    dst_bucket: &str,
-) -> Result<crate::delta::Spooled, ProxyError> {
-    let (body, _) = p.state.engine.get(src_bucket, r, None).await?;
-    let dir = p.state.engine.spool_dir(dst_bucket);
-    match body {
-        Body::Bytes(b) => {
-            crate::delta::spool(
-                &dir,
-                futures::stream::iter([Ok::<Bytes, std::io::Error>(b)]),
-            )
-            .await
-        }
-        Body::Stream(s) => crate::delta::spool(&dir, s).await,
-    }
 }
