@@ -304,22 +304,21 @@ impl Engine {
 
     /// The backend a bucket is routed to, and the bucket's real name there.
     pub fn route(&self, bucket: &str) -> (Arc<dyn Backend>, String) {
-        let pol = self
-            .policies
-            .read()
-            .get(bucket)
-            .cloned()
-            .unwrap_or_default();
+        // Only the two routing fields are copied out (this runs for every S3 operation);
+        // the policy lock is released before the backends lock is taken.
+        let (backend, alias) = match self.policies.read().get(bucket) {
+            Some(p) => (p.backend.clone(), p.alias.clone()),
+            None => (None, None),
+        };
         let backends = self.backends.read();
-        let be = pol
-            .backend
+        let be = backend
             .as_ref()
             .and_then(|n| backends.get(n))
             .or_else(|| backends.get(&self.default_backend))
             .cloned()
             .or_else(|| backends.values().next().cloned())
             .expect("at least one backend is configured");
-        (be, pol.alias.unwrap_or_else(|| bucket.to_string()))
+        (be, alias.unwrap_or_else(|| bucket.to_string()))
     }
 
     pub fn spool_dir(&self, bucket: &str) -> PathBuf {
