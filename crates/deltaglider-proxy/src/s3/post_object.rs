@@ -16,8 +16,6 @@
 //! condition (403 AccessDenied "Invalid according to Policy", where s3s says 400
 //! InvalidPolicyDocument).
 
-use std::net::SocketAddr;
-
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -36,7 +34,7 @@ pub(super) async fn handle(
     req: S3Request<PostObjectInput>,
 ) -> S3Result<S3Response<PostObjectOutput>> {
     let principal = Proxy::principal(&req);
-    let (ip, ua) = client_of(p, &req);
+    let (ip, ua) = client_of(&req);
     let i = req.input;
     let (bucket, key) = (i.bucket.clone(), i.key.clone());
     // The access layer admitted the signature without a key (the key is a form field):
@@ -88,22 +86,22 @@ pub(super) async fn handle(
     }))
 }
 
-/// (client ip, user agent) for the audit record.
-fn client_of<T>(p: &Proxy, req: &S3Request<T>) -> (String, String) {
-    let header = |n: &str| {
-        req.headers
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let peer = req
+/// (client ip, user agent) for the audit record. The address is the one the admission
+/// chain already derived for this request (peer or trusted forwarding header).
+fn client_of<T>(req: &S3Request<T>) -> (String, String) {
+    let ip = req
         .extensions
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    let ip = crate::admission::source_ip(p.state.cfg.trust_proxy_headers, &req.headers, peer)
+        .get::<crate::admission::Admission>()
+        .and_then(|a| a.source_ip)
         .map(|ip| ip.to_string())
         .unwrap_or_default();
-    (ip, header("user-agent").unwrap_or_default())
+    let ua = req
+        .headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (ip, ua)
 }
 
 /// Is this a browser form upload (`POST /{bucket}` with a multipart/form-data body)?
