@@ -228,11 +228,12 @@ impl Glob {
     /// Whole-text match; with `partial`, whether some extension of `text` matches (a LIST
     /// prefix that leads into the glob's keys).
     pub fn matches(&self, text: &str, partial: bool) -> bool {
+        // Walks `text` by byte offset (no char vector per call: this runs per request and
+        // per key of an anonymous LIST); `star` is where the last `*` resumes.
         let p = &self.0;
-        let t: Vec<char> = text.chars().collect();
         let (mut pi, mut ti) = (0usize, 0usize);
         let mut star: Option<(usize, usize)> = None;
-        while ti < t.len() {
+        while let Some(c) = text[ti..].chars().next() {
             if pi < p.len() {
                 match p[pi] {
                     Tok::Star => {
@@ -242,12 +243,12 @@ impl Glob {
                     }
                     Tok::Any => {
                         pi += 1;
-                        ti += 1;
+                        ti += c.len_utf8();
                         continue;
                     }
-                    Tok::Lit(c) if c == t[ti] => {
+                    Tok::Lit(l) if l == c => {
                         pi += 1;
-                        ti += 1;
+                        ti += c.len_utf8();
                         continue;
                     }
                     Tok::Lit(_) => {}
@@ -255,9 +256,10 @@ impl Glob {
             }
             match star {
                 Some((sp, st)) => {
+                    let next = st + text[st..].chars().next().map_or(1, char::len_utf8);
                     pi = sp + 1;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
+                    ti = next;
+                    star = Some((sp, next));
                 }
                 None => return false,
             }
@@ -789,6 +791,17 @@ mod tests {
         assert!(p.matches("builds/", true));
         assert!(!p.matches("builds/publicish", true));
         assert!(Glob::prefix("").matches("", true));
+    }
+
+    #[test]
+    fn glob_steps_by_character_not_byte() {
+        // `?` is one character, and `*` backtracks over whole characters.
+        let g = Glob::new("r?sum?/*é.zip");
+        assert!(g.matches("résumé/x/éé.zip", false));
+        assert!(!g.matches("réésumé/é.zip", false));
+        assert!(Glob::new("*ü*ü").matches("äüöü", false));
+        assert!(!Glob::new("?").matches("üü", false));
+        assert!(Glob::new("ü?").matches("ü", true));
     }
 
     #[test]
