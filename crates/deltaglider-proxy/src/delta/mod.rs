@@ -87,6 +87,16 @@ pub enum Body {
     Stream(ByteStream),
 }
 
+impl Body {
+    /// The body as one stream, for consumers that take any stream (spool, multipart part).
+    pub fn into_stream(self) -> ByteStream {
+        match self {
+            Body::Bytes(b) => Box::pin(futures::stream::iter([Ok(b)])),
+            Body::Stream(s) => s,
+        }
+    }
+}
+
 pub struct EngineConfig {
     pub max_delta_ratio: f64,
     pub max_object_size: u64,
@@ -904,13 +914,7 @@ impl Engine {
         dst_bucket: &str,
     ) -> Result<Spooled, ProxyError> {
         let (body, _) = self.get(bucket, r, None).await?;
-        let dir = self.spool_dir(dst_bucket);
-        match body {
-            Body::Bytes(b) => {
-                spool(&dir, futures::stream::iter([Ok::<_, std::io::Error>(b)])).await
-            }
-            Body::Stream(s) => spool(&dir, s).await,
-        }
+        spool(&self.spool_dir(dst_bucket), body.into_stream()).await
     }
 
     /// Deletes a user key (both stored forms), then drops the deltaspace reference if no

@@ -8,7 +8,6 @@ use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::{check_copy_source_conditions, content_md5_hex, etag, perr, ts, Proxy};
-use crate::delta::Body;
 use crate::error::ProxyError;
 
 pub(super) async fn create_multipart_upload(
@@ -92,23 +91,16 @@ pub(super) async fn upload_part_copy(
     };
     let (body, _) = p.state.engine.get(&sb, &r, range).await.map_err(perr)?;
     let mp = &p.state.multipart;
-    let tag = match body {
-        Body::Bytes(b) => {
-            mp.put_part(
-                &i.bucket,
-                &i.key,
-                &i.upload_id,
-                i.part_number,
-                futures::stream::iter([Ok::<Bytes, std::io::Error>(b)]),
-            )
-            .await
-        }
-        Body::Stream(s) => {
-            mp.put_part(&i.bucket, &i.key, &i.upload_id, i.part_number, s)
-                .await
-        }
-    }
-    .map_err(perr)?;
+    let tag = mp
+        .put_part(
+            &i.bucket,
+            &i.key,
+            &i.upload_id,
+            i.part_number,
+            body.into_stream(),
+        )
+        .await
+        .map_err(perr)?;
     Ok(S3Response::new(UploadPartCopyOutput {
         copy_part_result: Some(CopyPartResult {
             e_tag: Some(etag(&tag)),
