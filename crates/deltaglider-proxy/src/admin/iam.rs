@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{audit_iam_change, err, require_session, St};
+use super::{audit_iam_change, err, Admin, Body, St};
 use crate::iam::{AdminOverlay, GroupSpec, UserSpec};
 use crate::state::AppState;
 
@@ -43,14 +43,7 @@ pub(super) fn redacted(u: &UserSpec) -> serde_json::Value {
     })
 }
 
-async fn list_users(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
+async fn list_users(_: Admin, State(st): St) -> Response {
     let users: Vec<_> = st
         .iam
         .users
@@ -109,12 +102,13 @@ pub(super) fn persist_batch(
 }
 
 async fn create_user(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(mut u): Json<UserSpec>,
+    Body(mut u): Body<UserSpec>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     if u.name.starts_with('$') || u.name.is_empty() {
@@ -144,13 +138,14 @@ async fn create_user(
 }
 
 async fn update_user(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Json(mut u): Json<UserSpec>,
+    Body(mut u): Body<UserSpec>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     let mut users = st.iam.users.write();
@@ -185,12 +180,13 @@ async fn update_user(
 }
 
 async fn delete_user(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     if let Err(r) = remove_persisted(&st.iam.users, &id, "no such user", || {
@@ -202,25 +198,19 @@ async fn delete_user(
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn list_groups(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
+async fn list_groups(_: Admin, State(st): St) -> Response {
     let groups: Vec<_> = st.iam.groups.read().values().cloned().collect();
     Json(json!({ "groups": groups })).into_response()
 }
 
 async fn create_group(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(g): Json<GroupSpec>,
+    Body(g): Body<GroupSpec>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     if g.name.starts_with('$') || g.name.is_empty() {
@@ -245,13 +235,14 @@ async fn create_group(
 
 /// Replaces a group; a changed `name` renames it and re-points its members, in one write.
 async fn update_group(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    Json(g): Json<GroupSpec>,
+    Body(g): Body<GroupSpec>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     if g.name.starts_with('$') || g.name.is_empty() {
@@ -307,12 +298,13 @@ async fn update_group(
 }
 
 async fn delete_group(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     if let Err(r) = remove_persisted(&st.iam.groups, &name, "no such group", || {
@@ -335,12 +327,13 @@ async fn policies() -> Json<serde_json::Value> {
 /// `POST /_/api/admin/users/{id}/rotate-keys`: a new access key id and secret for the user;
 /// the old pair stops working at once. Answers the new pair (shown once).
 async fn rotate_keys(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     let mut users = st.iam.users.write();
@@ -412,13 +405,14 @@ fn set_membership(
 
 /// `POST /_/api/admin/groups/{name}/members` `{user_id}` (the user's access key id).
 async fn add_member(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    Json(m): Json<Member>,
+    Body(m): Body<Member>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     match set_membership(&st, &name, &m.user_id, true) {
@@ -438,12 +432,13 @@ async fn add_member(
 
 /// `DELETE /_/api/admin/groups/{name}/members/{user_id}`.
 async fn remove_member(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path((name, user_id)): Path<(String, String)>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     match set_membership(&st, &name, &user_id, false) {

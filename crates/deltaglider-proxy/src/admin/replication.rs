@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{audit_iam_change, err, require_session};
+use super::{audit_iam_change, err, Admin};
 use crate::replication::{PauseError, RunError};
 use crate::state::AppState;
 
@@ -48,27 +48,18 @@ fn no_rule(name: &str) -> Response {
 }
 
 /// `GET /_/api/admin/replication`.
-async fn status(
-    State(st): State<Arc<AppState>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
+async fn status(_: Admin, State(st): State<Arc<AppState>>) -> Response {
     Json(json!({ "rules": st.replication.status() })).into_response()
 }
 
 /// `POST …/rules/{name}/run-now`: runs the rule to completion and answers its run record.
 async fn run_now(
+    _: Admin,
     State(st): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
     match st.replication.run(&name, "manual").await {
         Ok(rec) => {
             audit_iam_change(&st, "replication_run_now", &name, &headers, &addr);
@@ -89,9 +80,6 @@ async fn set_paused(
     name: &str,
     paused: bool,
 ) -> Response {
-    if let Err(r) = require_session(st, headers, addr) {
-        return r;
-    }
     match st.replication.set_paused(name, paused).await {
         Ok(()) => {}
         Err(PauseError::NoSuchRule) => return no_rule(name),
@@ -113,6 +101,7 @@ async fn set_paused(
 
 /// `POST …/rules/{name}/pause`.
 async fn pause(
+    _: Admin,
     State(st): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -123,6 +112,7 @@ async fn pause(
 
 /// `POST …/rules/{name}/resume`.
 async fn resume(
+    _: Admin,
     State(st): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -144,15 +134,11 @@ impl Limit {
 
 /// `GET …/rules/{name}/history?limit=N`.
 async fn history(
+    _: Admin,
     State(st): State<Arc<AppState>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
     let Ok(Query(q)) = q else {
         return err(StatusCode::BAD_REQUEST, "limit must be a positive integer");
     };
@@ -164,15 +150,11 @@ async fn history(
 
 /// `GET …/rules/{name}/failures?limit=N`.
 async fn failures(
+    _: Admin,
     State(st): State<Arc<AppState>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
     let Ok(Query(q)) = q else {
         return err(StatusCode::BAD_REQUEST, "limit must be a positive integer");
     };
