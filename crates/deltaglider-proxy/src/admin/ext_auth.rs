@@ -112,7 +112,7 @@ async fn update_provider(
     if let Err(r) = writable(&st) {
         return r;
     }
-    let Some(id) = provider_id(&st, &id) else {
+    let Some(id) = find_provider(&st, &id).map(|p| p.id) else {
         return wire(ExtAuthError::NotFound("no such provider"));
     };
     match oidc::update_provider(&st, id, p) {
@@ -124,13 +124,13 @@ async fn update_provider(
     }
 }
 
-/// A provider path id: the numeric id, or the provider's name.
-fn provider_id(st: &AppState, id: &str) -> Option<u64> {
-    let all = oidc::providers(st);
-    id.parse::<u64>()
-        .ok()
-        .filter(|n| all.iter().any(|p| p.id == *n))
-        .or_else(|| all.iter().find(|p| p.name == id).map(|p| p.id))
+/// A provider by path id: the numeric id, or the provider's name.
+fn find_provider(st: &AppState, id: &str) -> Option<ProviderSpec> {
+    let mut all = oidc::providers(st);
+    let n = id.parse::<u64>().ok();
+    let i = (all.iter().position(|p| Some(p.id) == n))
+        .or_else(|| all.iter().position(|p| p.name == id))?;
+    Some(all.swap_remove(i))
 }
 
 async fn delete_provider(
@@ -143,7 +143,7 @@ async fn delete_provider(
     if let Err(r) = writable(&st) {
         return r;
     }
-    let Some(id) = provider_id(&st, &id) else {
+    let Some(id) = find_provider(&st, &id).map(|p| p.id) else {
         return wire(ExtAuthError::NotFound("no such provider"));
     };
     match oidc::delete_provider(&st, id) {
@@ -158,9 +158,7 @@ async fn delete_provider(
 /// `POST …/providers/{id}/test`: fetch discovery and JWKS now; `{ok, error?}`. Allowed in
 /// declarative mode (it changes nothing).
 async fn test_provider(_: Admin, State(st): St, Path(id): Path<String>) -> Response {
-    let Some(p) =
-        provider_id(&st, &id).and_then(|id| oidc::providers(&st).into_iter().find(|p| p.id == id))
-    else {
+    let Some(p) = find_provider(&st, &id) else {
         return wire(ExtAuthError::NotFound("no such provider"));
     };
     Json(st.oidc.test_provider(&p).await).into_response()
