@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -132,20 +133,31 @@ impl Limit {
     }
 }
 
+/// A rule's newest-first list (`history` or `failures`) as `{<key>: [...]}`; 404 for an
+/// unknown rule, 400 for a `limit` that is not a positive integer.
+fn listing<T: serde::Serialize>(
+    name: &str,
+    q: Result<Query<Limit>, QueryRejection>,
+    key: &str,
+    get: impl FnOnce(usize) -> Option<Vec<T>>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return err(StatusCode::BAD_REQUEST, "limit must be a positive integer");
+    };
+    match get(q.get()) {
+        Some(v) => Json(json!({ key: v })).into_response(),
+        None => no_rule(name),
+    }
+}
+
 /// `GET …/rules/{name}/history?limit=N`.
 async fn history(
     _: Admin,
     State(st): State<Arc<AppState>>,
     Path(name): Path<String>,
-    q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<Limit>, QueryRejection>,
 ) -> Response {
-    let Ok(Query(q)) = q else {
-        return err(StatusCode::BAD_REQUEST, "limit must be a positive integer");
-    };
-    match st.replication.history(&name, q.get()) {
-        Some(h) => Json(json!({ "history": h })).into_response(),
-        None => no_rule(&name),
-    }
+    listing(&name, q, "history", |n| st.replication.history(&name, n))
 }
 
 /// `GET …/rules/{name}/failures?limit=N`.
@@ -153,13 +165,7 @@ async fn failures(
     _: Admin,
     State(st): State<Arc<AppState>>,
     Path(name): Path<String>,
-    q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<Limit>, QueryRejection>,
 ) -> Response {
-    let Ok(Query(q)) = q else {
-        return err(StatusCode::BAD_REQUEST, "limit must be a positive integer");
-    };
-    match st.replication.failures(&name, q.get()) {
-        Some(f) => Json(json!({ "failures": f })).into_response(),
-        None => no_rule(&name),
-    }
+    listing(&name, q, "failures", |n| st.replication.failures(&name, n))
 }
