@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::{err, Admin, Body, St};
+use super::{err, Admin, Body, Params, St};
 use crate::state::AppState;
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
@@ -68,6 +68,6 @@ async fn trace_post(_: Admin, State(st): St, Body(t): Body<TraceRequest>) -> Res
     trace(&st, t)
 }
 
-async fn trace_get(_: Admin, State(st): St, Query(t): Query<TraceRequest>) -> Response {
+async fn trace_get(_: Admin, State(st): St, Params(t): Params<TraceRequest>) -> Response {
     trace(&st, t)
 }

@@ -110,6 +110,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     }
 }
 
+/// Query parameters whose rejection (a missing or mistyped field) answers 400 in the admin
+/// envelope, as [`Body`] does for JSON bodies.
+pub(super) struct Params<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, st: &S) -> Result<Self, Response> {
+        match Query::<T>::from_request_parts(parts, st).await {
+            Ok(Query(v)) => Ok(Params(v)),
+            Err(r) => Err(err(r.status(), &r.body_text())),
+        }
+    }
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/_/", get(ui))
@@ -221,6 +236,6 @@ struct Limit {
     limit: Option<usize>,
 }
 
-async fn audit(_: Admin, State(st): St, Query(q): Query<Limit>) -> Response {
+async fn audit(_: Admin, State(st): St, Params(q): Params<Limit>) -> Response {
     Json(json!({ "entries": st.audit.recent(q.limit.unwrap_or(100).min(10_000)) })).into_response()
 }
