@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::iam::declarative_guard;
 use super::{audit_iam_change, client_ip, err, Admin, Body, St};
 use crate::iam::{Permission, UserSpec};
 use crate::oidc::{self, ExtAuthError, MappingRule, ProviderSpec};
@@ -66,14 +67,6 @@ fn wire(e: ExtAuthError) -> Response {
     err(status, &msg)
 }
 
-/// The declarative-mode refusal for mutations (the YAML owns the providers and rules).
-fn writable(st: &AppState) -> Result<(), Response> {
-    if st.cfg.iam_declarative {
-        return Err(wire(ExtAuthError::Declarative));
-    }
-    Ok(())
-}
-
 async fn list_providers(_: Admin, State(st): St) -> Response {
     let v: Vec<Value> = oidc::providers(&st)
         .iter()
@@ -89,7 +82,7 @@ async fn create_provider(
     headers: HeaderMap,
     Body(p): Body<ProviderSpec>,
 ) -> Response {
-    if let Err(r) = writable(&st) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     match oidc::create_provider(&st, p) {
@@ -109,7 +102,7 @@ async fn update_provider(
     Path(id): Path<String>,
     Body(p): Body<ProviderSpec>,
 ) -> Response {
-    if let Err(r) = writable(&st) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     let Some(id) = find_provider(&st, &id).map(|p| p.id) else {
@@ -140,7 +133,7 @@ async fn delete_provider(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = writable(&st) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     let Some(id) = find_provider(&st, &id).map(|p| p.id) else {
@@ -182,7 +175,7 @@ async fn create_rule(
     headers: HeaderMap,
     Body(r): Body<MappingRule>,
 ) -> Response {
-    if let Err(r) = writable(&st) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     match oidc::create_rule(&st, r) {
@@ -202,7 +195,7 @@ async fn update_rule(
     Path(id): Path<u64>,
     Body(r): Body<MappingRule>,
 ) -> Response {
-    if let Err(r) = writable(&st) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     match oidc::update_rule(&st, id, r) {
@@ -221,7 +214,7 @@ async fn delete_rule(
     headers: HeaderMap,
     Path(id): Path<u64>,
 ) -> Response {
-    if let Err(r) = writable(&st) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     match oidc::delete_rule(&st, id) {
@@ -319,7 +312,7 @@ async fn migrate(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = writable(&st) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     let u = UserSpec {

@@ -78,7 +78,7 @@ pub(super) fn persist_failed(e: crate::error::ProxyError) -> Response {
     err(StatusCode::INTERNAL_SERVER_ERROR, "persist_failed")
 }
 
-/// Every IAM mutation (and backup import) passes here: 403 `iam_declarative` when the YAML
+/// Every IAM and ext-auth mutation (and backup import) passes here: 403 `iam_declarative` when the YAML
 /// owns IAM, 409 `config_db_locked` while the config store does not open (see recover-db).
 pub(super) fn declarative_guard(st: &AppState) -> Result<(), Response> {
     if st.cfg.iam_declarative {
