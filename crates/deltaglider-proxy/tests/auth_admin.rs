@@ -525,6 +525,37 @@ async fn gui_mode_admin_creates_users_that_can_sign() {
     let (s, v) = raw("/_/api/admin/users", Some(&cookie), r#"{"name": 5}"#).await;
     assert_eq!(s, 422, "{v}");
     assert!(v["error"].is_string(), "{v}");
+    // Names: empty and `$`-prefixed are refused with a message saying which.
+    for (path, body, want) in [
+        (
+            "/_/api/admin/users",
+            r#"{"name": "", "access_key_id": "EMPTYAK"}"#,
+            "name must not be empty",
+        ),
+        (
+            "/_/api/admin/users",
+            r#"{"name": "$root", "access_key_id": "ROOTAK"}"#,
+            "names starting with $ are reserved",
+        ),
+        (
+            "/_/api/admin/groups",
+            r#"{"name": "$all"}"#,
+            "names starting with $ are reserved",
+        ),
+        (
+            "/_/api/admin/groups",
+            r#"{"name": ""}"#,
+            "name must not be empty",
+        ),
+        (
+            "/_/api/admin/users",
+            r#"{"name": "nokey", "access_key_id": " "}"#,
+            "access_key_id must not be empty",
+        ),
+    ] {
+        let (s, v) = raw(path, Some(&cookie), body).await;
+        assert_eq!((s, v["error"].as_str()), (422, Some(want)), "{body}");
+    }
     let (s, v) = raw("/_/api/admin/login", None, "{}").await;
     assert_eq!(s, 422, "{v}");
     assert!(v["error"].as_str().unwrap().contains("password"), "{v}");

@@ -55,7 +55,34 @@ async fn list_users(_: Admin, State(st): St) -> Response {
     Json(json!({ "users": users })).into_response()
 }
 
-/// The IAM store could not be written: the change is not applied.
+/// A user or group name from the API: 422 when empty or starting with `$` (the synthetic
+/// principals `$bootstrap`, `$anonymous` …).
+fn check_name(name: &str) -> Result<(), Response> {
+    let why = if name.is_empty() {
+        "name must not be empty"
+    } else if name.starts_with('$') {
+        RESERVED
+    } else {
+        return Ok(());
+    };
+    Err(err(StatusCode::UNPROCESSABLE_ENTITY, why))
+}
+
+const RESERVED: &str = "names starting with $ are reserved";
+
+/// A user from the API: its name as [`check_name`], and an access key id to sign with (an
+/// empty one could never sign; backup import skips such users too).
+fn check_user(u: &UserSpec) -> Result<(), Response> {
+    check_name(&u.name)?;
+    if u.access_key_id.trim().is_empty() {
+        return Err(err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "access_key_id must not be empty",
+        ));
+    }
+    Ok(())
+}
+
 /// Delete `key` from an IAM map, persisting the deletion first (under the write lock, so no
 /// other change interleaves): 404 `missing` when absent, 500 when the persist fails.
 fn remove_persisted<T>(
@@ -111,11 +138,8 @@ async fn create_user(
     if let Err(r) = declarative_guard(&st) {
         return r;
     }
-    if u.name.starts_with('$') || u.name.is_empty() {
-        return err(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "names starting with $ are reserved",
-        );
+    if let Err(r) = check_user(&u) {
+        return r;
     }
     if u.secret_access_key.is_empty() {
         u.secret_access_key = hex::encode(rand::random::<[u8; 20]>());
@@ -155,11 +179,8 @@ async fn update_user(
     if u.secret_access_key.is_empty() {
         u.secret_access_key = old.secret_access_key;
     }
-    if u.name.starts_with('$') || u.name.is_empty() {
-        return err(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "names starting with $ are reserved",
-        );
+    if let Err(r) = check_user(&u) {
+        return r;
     }
     // A new key or name must not take over another user.
     if users
@@ -213,11 +234,8 @@ async fn create_group(
     if let Err(r) = declarative_guard(&st) {
         return r;
     }
-    if g.name.starts_with('$') || g.name.is_empty() {
-        return err(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "names starting with $ are reserved",
-        );
+    if let Err(r) = check_name(&g.name) {
+        return r;
     }
     {
         let mut groups = st.iam.groups.write();
@@ -245,11 +263,8 @@ async fn update_group(
     if let Err(r) = declarative_guard(&st) {
         return r;
     }
-    if g.name.starts_with('$') || g.name.is_empty() {
-        return err(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "names starting with $ are reserved",
-        );
+    if let Err(r) = check_name(&g.name) {
+        return r;
     }
     {
         // Lock order users -> groups -> store, as everywhere.
@@ -386,10 +401,7 @@ fn set_membership(
         return Err(err(StatusCode::NOT_FOUND, "no such user"));
     };
     if u.name.starts_with('$') {
-        return Err(err(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "names starting with $ are reserved",
-        ));
+        return Err(err(StatusCode::UNPROCESSABLE_ENTITY, RESERVED));
     }
     let is_member = u.groups.iter().any(|g| g == group);
     match (member, is_member) {
