@@ -49,8 +49,7 @@ impl Bootstrap {
             Err(e) => return Err(ProxyError::Startup(format!("{}: {e}", file.display()))),
         }
         let password = generate_password();
-        let hash = bcrypt::hash(&password, bcrypt::DEFAULT_COST)
-            .map_err(|e| ProxyError::Internal(format!("bcrypt: {e}")))?;
+        let hash = hash_password(&password)?;
         config_store::write_atomic(&file, hash.as_bytes())
             .map_err(|e| ProxyError::Startup(format!("{}: {e}", file.display())))?;
         // The plaintext goes to a person at a terminal only, never into collected logs.
