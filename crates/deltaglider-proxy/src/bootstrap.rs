@@ -49,8 +49,7 @@ impl Bootstrap {
             Err(e) => return Err(ProxyError::Startup(format!("{}: {e}", file.display()))),
         }
         let password = generate_password();
-        let hash = bcrypt::hash(&password, bcrypt::DEFAULT_COST)
-            .map_err(|e| ProxyError::Internal(format!("bcrypt: {e}")))?;
+        let hash = hash_password(&password)?;
         config_store::write_atomic(&file, hash.as_bytes())
             .map_err(|e| ProxyError::Startup(format!("{}: {e}", file.display())))?;
         // The plaintext goes to a person at a terminal only, never into collected logs.
@@ -114,7 +113,17 @@ pub fn normalize(hash: &str) -> String {
 /// The start-up check of a hash (also applied to a backup's hash before it is adopted, so an
 /// adopted hash can never stop the next start).
 pub fn check_hash(hash: &str, from: &str) -> Result<(), ProxyError> {
-    if bcrypt::verify("", hash).is_err() {
+    // What `bcrypt::verify` checks before it compares (prefix, cost range, salt and digest
+    // encoding) without paying the hash's own cost, which every start would: the parts are
+    // re-run at the cheapest cost (4) and only an error counts.
+    let usable = hash.parse::<bcrypt::HashParts>().is_ok_and(|p| {
+        (4..=31).contains(&p.get_cost()) && {
+            // `$2b$NN$` is 7 bytes; salt and digest follow.
+            let full = p.format_for_version(bcrypt::Version::TwoB);
+            bcrypt::verify("", &format!("$2b$04${}", &full[7..])).is_ok()
+        }
+    });
+    if !usable {
         return Err(ProxyError::Config(format!(
             "{from}: not a bcrypt hash (raw `$2…` or base64 of one)"
         )));
@@ -175,4 +184,29 @@ pub fn set_from_stdin(data_dir: &Path) -> Result<String, ProxyError> {
         );
     }
     Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_hash_takes_any_usable_cost_and_refuses_broken_hashes() {
+        let h = bcrypt::hash("pw", 4).unwrap();
+        assert!(check_hash(&h, "t").is_ok());
+        // A cost-12 hash is checked without running cost 12.
+        let c12 = format!("$2b$12${}", &h[7..]);
+        assert!(check_hash(&c12, "t").is_ok());
+        for bad in [
+            "nope".to_string(),
+            format!("$2b$03${}", &h[7..]),
+            format!("$2b$32${}", &h[7..]),
+            format!("$2b$04${}{}", "!".repeat(22), &h[29..]),
+            format!("$2q$04${}", &h[7..]),
+            h[..h.len() - 1].to_string(),
+        ] {
+            let e = check_hash(&bad, "DGP_X").unwrap_err().to_string();
+            assert!(e.contains("DGP_X: not a bcrypt hash"), "{bad}: {e}");
+        }
+    }
 }

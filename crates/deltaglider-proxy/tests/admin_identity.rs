@@ -280,6 +280,27 @@ async fn stale_hash_locks_the_store_until_recover_db() {
     )
     .await;
     assert_eq!((s, v["error"].as_str()), (409, Some("config_db_locked")));
+    // The ext-auth mutations and migrate pass the same guard (they answered 500 here).
+    for (path, body) in [
+        (
+            "/_/api/admin/ext-auth/providers",
+            json!({"name": "corp", "client_id": "x", "issuer_url": "https://sso.example.com"}),
+        ),
+        ("/_/api/admin/migrate", json!({})),
+    ] {
+        let (s, v) = call(
+            reqwest::Method::POST,
+            format!("{base}{path}"),
+            &cookie,
+            Some(body),
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (409, Some("config_db_locked")),
+            "{path}"
+        );
+    }
     let recover = |pw: &str| {
         reqwest::Client::new()
             .post(format!("{base}/_/api/admin/recover-db"))

@@ -427,6 +427,22 @@ async fn trace_validate_schema_and_flat_config() {
         (200, json!("allow-anonymous")),
         "{v}"
     );
+    // A query missing a field, or mistyped, answers 400 in the admin envelope.
+    for q in ["path=/a", "method=GET&path=/a&authenticated=maybe"] {
+        let (s, v) = call(&http, Method::GET, format!("{trace_url}?{q}"), &ck, None).await;
+        assert_eq!(s, 400, "{q} -> {v}");
+        assert!(v["error"].is_string(), "{q} -> {v}");
+    }
+    let (s, v) = call(
+        &http,
+        Method::GET,
+        format!("{base}/_/api/admin/audit?limit=many"),
+        &ck,
+        None,
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].is_string(), "{v}");
     let (s, _) = call(
         &http,
         Method::POST,

@@ -1,17 +1,16 @@
 //! Admin admission API: `POST/GET /_/api/admin/config/trace` runs a synthetic request through
 //! the live admission chain and answers `{decision, matched_block, reason}`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::{err, require_session, St};
+use super::{err, Admin, Body, Params, St};
 use crate::state::AppState;
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
@@ -65,26 +64,10 @@ fn trace(st: &AppState, t: TraceRequest) -> Response {
     Json(st.admission.read().evaluate(&facts)).into_response()
 }
 
-async fn trace_post(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Json(t): Json<TraceRequest>,
-) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
+async fn trace_post(_: Admin, State(st): St, Body(t): Body<TraceRequest>) -> Response {
     trace(&st, t)
 }
 
-async fn trace_get(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(t): Query<TraceRequest>,
-) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
+async fn trace_get(_: Admin, State(st): St, Params(t): Params<TraceRequest>) -> Response {
     trace(&st, t)
 }

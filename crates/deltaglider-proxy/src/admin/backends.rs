@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::config::{file_doc, write_atomic};
-use super::{audit_iam_change, err, require_session};
+use super::{audit_iam_change, err, Admin};
 use crate::backend::build::{self, BuildCtx};
 use crate::backend::s3::{check_credentials, S3BackendConfig};
 use crate::config::BackendSpec;
@@ -61,14 +61,7 @@ fn routed_buckets(st: &AppState, name: &str) -> Vec<String> {
 
 /// `GET /_/api/admin/backends`: the named backends, or the singleton as `default` with
 /// `singleton: true` when the config declares none.
-async fn list_backends(
-    State(st): State<Arc<AppState>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
+async fn list_backends(_: Admin, State(st): State<Arc<AppState>>) -> Response {
     let default = st.engine.default_backend().to_string();
     let named = st.file.read().storage.backends.clone();
     let backends: Vec<serde_json::Value> = if named.is_empty() {
@@ -202,14 +195,12 @@ fn persist_failed(e: String) -> Response {
 /// force_path_style, access_key_id, secret_access_key | path, encryption?}`. Usable at once:
 /// buckets can be routed to it by a `storage` section PUT or config apply.
 async fn create_backend(
+    _: Admin,
     State(st): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Json<BackendSpec>, JsonRejection>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
     let mut spec = match body {
         Ok(Json(b)) => b,
         Err(e) => return bad_request(&format!("invalid backend: {}", e.body_text())),
@@ -286,14 +277,12 @@ async fn create_backend(
 /// `DELETE /_/api/admin/backends/{name}`: 409 for the default backend or one a bucket
 /// routes to (re-route those buckets first), 404 for an unknown name.
 async fn delete_backend(
+    _: Admin,
     State(st): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
     let _guard = MUTATION.lock().await;
     let default = st.engine.default_backend().to_string();
     if name == default {
@@ -354,15 +343,7 @@ struct TestS3 {
 }
 
 /// `POST /_/api/admin/test-s3`: `{ok: true}` or `{ok: false, error}` from one real call.
-async fn test_s3(
-    State(st): State<Arc<AppState>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Result<Json<TestS3>, JsonRejection>,
-) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
+async fn test_s3(_: Admin, body: Result<Json<TestS3>, JsonRejection>) -> Response {
     let t = match body {
         Ok(Json(t)) => t,
         Err(e) => {

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use super::iam::{declarative_guard, persist_batch, persist_failed};
 use super::password::note_env_pinned;
 use super::session::any_session;
-use super::{audit_iam_change, err, require_session, St};
+use super::{audit_iam_change, err, Admin, St};
 use crate::config_store;
 use crate::iam::{AdminOverlay, GroupSpec, UserSpec};
 use crate::state::AppState;
@@ -174,13 +174,11 @@ fn build_zip(st: &AppState) -> Result<Vec<u8>, String> {
 
 /// `GET /_/api/admin/backup`: the zip (it carries every user secret: treat it as one).
 async fn export(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
     let zip = match build_zip(&st) {
         Ok(z) => z,
         Err(e) => {
@@ -314,12 +312,13 @@ fn parse_import(body: &[u8]) -> Result<Incoming, String> {
 /// under it with the new users and groups, the hash file is the commit point, and every
 /// other session ends.
 async fn import(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     let Ok((token, _)) = any_session(&st, &headers, &addr) else {
@@ -451,14 +450,7 @@ async fn import(
 /// `GET /_/api/admin/config/declarative-iam-export`: the IAM users and groups as an `access:`
 /// YAML fragment with `iam_mode: declarative`, secrets blanked to "" (fill them in, or the
 /// users cannot sign).
-async fn declarative_iam_export(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
+async fn declarative_iam_export(_: Admin, State(st): St) -> Response {
     let users: Vec<UserSpec> = exported_users(&st)
         .into_iter()
         .map(|mut u| {

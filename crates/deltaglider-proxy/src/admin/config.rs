@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{audit_iam_change, err, require_session, St};
+use super::{audit_iam_change, err, Admin, Body, St};
 use crate::config_doc::{prune, SECTIONS};
 use crate::state::AppState;
 
@@ -77,15 +77,7 @@ struct ExportQuery {
 }
 
 /// `GET /_/api/admin/config/export[?section=]`: canonical YAML, secrets redacted.
-async fn config_export(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(q): Query<ExportQuery>,
-) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
+async fn config_export(_: Admin, State(st): St, Query(q): Query<ExportQuery>) -> Response {
     let fc = live_file(&st);
     let names: Vec<&str> = match q.section.as_deref() {
         Some(n) if SECTIONS.contains(&n) => vec![n],
@@ -110,15 +102,7 @@ struct ValidateBody {
 /// `POST /_/api/admin/config/validate` `{yaml}`: full dry run (parse + the start-up
 /// validation), nothing is applied. Always 200 with `{ok, errors[], warnings[],
 /// requires_restart}`: this proxy reads its file at start only.
-async fn config_validate(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Json(body): Json<ValidateBody>,
-) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
+async fn config_validate(_: Admin, Body(body): Body<ValidateBody>) -> Response {
     let parsed = crate::config_doc::parse(&body.yaml, false).map_err(|e| e.to_string());
     let result = parsed.and_then(|(fc, mut shape)| {
         crate::config::validate_file(&fc)
@@ -140,15 +124,11 @@ async fn config_validate(
 }
 
 async fn config_section(
+    _: Admin,
     State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Query(f): Query<Format>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
     let Some(value) = section_value(&live_file(&st), &name) else {
         return err(StatusCode::NOT_FOUND, "unknown section");
     };
@@ -545,15 +525,11 @@ fn diff(
 /// `{ok, warnings[], diff[], requires_restart, restart_keys[], hot_keys[]}`; nothing is
 /// written or applied. A refused patch answers like the PUT would (400/404/422).
 async fn config_section_validate(
+    _: Admin,
     State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    Json(patch): Json<serde_json::Value>,
+    Body(patch): Body<serde_json::Value>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
     let m = match merge_section(&st, &name, &patch) {
         Ok(m) => m,
         Err(r) => return r,
@@ -578,15 +554,13 @@ async fn config_section_validate(
 
 /// `PUT /_/api/admin/config/section/:name`: RFC 7396 merge patch on one section.
 async fn config_section_put(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    Json(patch): Json<serde_json::Value>,
+    Body(patch): Body<serde_json::Value>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
     let m = match merge_section(&st, &name, &patch) {
         Ok(m) => m,
         Err(r) => return r,
@@ -702,14 +676,12 @@ fn restore_struct_secrets(
 /// `config/validate` (an invalid document is HTTP 400 `{ok:false, errors}` and changes
 /// nothing), then applied live where possible and written to the file in use.
 async fn config_apply(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(body): Json<ValidateBody>,
+    Body(body): Body<ValidateBody>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
     // Either shape; the flat one is normalized into sections (and persisted that way).
     let doc = match crate::config_doc::parse_tree(&body.yaml, false)
         .and_then(crate::config_doc::normalize)
@@ -753,15 +725,7 @@ async fn config_apply(
 
 /// `GET /_/api/admin/config/defaults[?section=]`: the JSON Schema (with defaults) of the
 /// config or of one section.
-async fn config_defaults(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(q): Query<ExportQuery>,
-) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
+async fn config_defaults(_: Admin, Query(q): Query<ExportQuery>) -> Response {
     match crate::config_doc::schema(q.section.as_deref()) {
         Some(s) => Json(s).into_response(),
         None => err(StatusCode::NOT_FOUND, "unknown section"),
@@ -780,14 +744,7 @@ const FLAT_SETTABLE: [&str; 6] = [
 
 /// `GET /_/api/admin/config`: the effective settings as one flat JSON object (live values
 /// for the hot-reloadable ones; secrets shown as "***" when set).
-async fn config_flat(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
+async fn config_flat(_: Admin, State(st): St) -> Response {
     let c = &st.cfg;
     let fc = live_file(&st);
     let redact = |v: &Option<String>| v.as_ref().map(|_| "***");
@@ -830,14 +787,12 @@ async fn config_flat(
 /// (an `advanced` section patch underneath: persisted to the file in use, applied live when
 /// hot-reloadable) → `{applied, requires_restart, warnings, persisted, persisted_path}`.
 async fn config_flat_put(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(body): Json<serde_json::Value>,
+    Body(body): Body<serde_json::Value>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
     let Some(obj) = body.as_object() else {
         return bad_config("the body must be a JSON object of settings".into());
     };

@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +14,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{audit_iam_change, client_ip, err, require_session, St};
+use super::iam::declarative_guard;
+use super::{audit_iam_change, client_ip, err, Admin, Body, St};
 use crate::iam::{Permission, UserSpec};
 use crate::oidc::{self, ExtAuthError, MappingRule, ProviderSpec};
 use crate::state::AppState;
@@ -67,32 +67,7 @@ fn wire(e: ExtAuthError) -> Response {
     err(status, &msg)
 }
 
-fn bad_body(r: JsonRejection) -> Response {
-    err(StatusCode::UNPROCESSABLE_ENTITY, &r.body_text())
-}
-
-/// Session, plus the declarative-mode refusal for mutations.
-fn gate(
-    st: &AppState,
-    headers: &HeaderMap,
-    addr: &SocketAddr,
-    mutation: bool,
-) -> Result<(), Response> {
-    require_session(st, headers, addr)?;
-    if mutation && st.cfg.iam_declarative {
-        return Err(wire(ExtAuthError::Declarative));
-    }
-    Ok(())
-}
-
-async fn list_providers(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = gate(&st, &headers, &addr, false) {
-        return r;
-    }
+async fn list_providers(_: Admin, State(st): St) -> Response {
     let v: Vec<Value> = oidc::providers(&st)
         .iter()
         .map(oidc::provider_view)
@@ -101,18 +76,15 @@ async fn list_providers(
 }
 
 async fn create_provider(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Result<Json<ProviderSpec>, JsonRejection>,
+    Body(p): Body<ProviderSpec>,
 ) -> Response {
-    if let Err(r) = gate(&st, &headers, &addr, true) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
-    let Json(p) = match body {
-        Ok(b) => b,
-        Err(r) => return bad_body(r),
-    };
     match oidc::create_provider(&st, p) {
         Ok(p) => {
             audit_iam_change(&st, "ext_auth_provider_create", &p.name, &headers, &addr);
@@ -123,20 +95,17 @@ async fn create_provider(
 }
 
 async fn update_provider(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Result<Json<ProviderSpec>, JsonRejection>,
+    Body(p): Body<ProviderSpec>,
 ) -> Response {
-    if let Err(r) = gate(&st, &headers, &addr, true) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
-    let Json(p) = match body {
-        Ok(b) => b,
-        Err(r) => return bad_body(r),
-    };
-    let Some(id) = provider_id(&st, &id) else {
+    let Some(id) = find_provider(&st, &id).map(|p| p.id) else {
         return wire(ExtAuthError::NotFound("no such provider"));
     };
     match oidc::update_provider(&st, id, p) {
@@ -148,25 +117,26 @@ async fn update_provider(
     }
 }
 
-/// A provider path id: the numeric id, or the provider's name.
-fn provider_id(st: &AppState, id: &str) -> Option<u64> {
-    let all = oidc::providers(st);
-    id.parse::<u64>()
-        .ok()
-        .filter(|n| all.iter().any(|p| p.id == *n))
-        .or_else(|| all.iter().find(|p| p.name == id).map(|p| p.id))
+/// A provider by path id: the numeric id, or the provider's name.
+fn find_provider(st: &AppState, id: &str) -> Option<ProviderSpec> {
+    let mut all = oidc::providers(st);
+    let n = id.parse::<u64>().ok();
+    let i = (all.iter().position(|p| Some(p.id) == n))
+        .or_else(|| all.iter().position(|p| p.name == id))?;
+    Some(all.swap_remove(i))
 }
 
 async fn delete_provider(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = gate(&st, &headers, &addr, true) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
-    let Some(id) = provider_id(&st, &id) else {
+    let Some(id) = find_provider(&st, &id).map(|p| p.id) else {
         return wire(ExtAuthError::NotFound("no such provider"));
     };
     match oidc::delete_provider(&st, id) {
@@ -180,31 +150,14 @@ async fn delete_provider(
 
 /// `POST …/providers/{id}/test`: fetch discovery and JWKS now; `{ok, error?}`. Allowed in
 /// declarative mode (it changes nothing).
-async fn test_provider(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(r) = gate(&st, &headers, &addr, false) {
-        return r;
-    }
-    let Some(p) =
-        provider_id(&st, &id).and_then(|id| oidc::providers(&st).into_iter().find(|p| p.id == id))
-    else {
+async fn test_provider(_: Admin, State(st): St, Path(id): Path<String>) -> Response {
+    let Some(p) = find_provider(&st, &id) else {
         return wire(ExtAuthError::NotFound("no such provider"));
     };
     Json(st.oidc.test_provider(&p).await).into_response()
 }
 
-async fn list_rules(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = gate(&st, &headers, &addr, false) {
-        return r;
-    }
+async fn list_rules(_: Admin, State(st): St) -> Response {
     let rules: Vec<Value> = oidc::rules(&st).iter().map(rule_view).collect();
     Json(json!({ "mappings": rules })).into_response()
 }
@@ -216,18 +169,15 @@ fn rule_view(r: &MappingRule) -> Value {
 }
 
 async fn create_rule(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Result<Json<MappingRule>, JsonRejection>,
+    Body(r): Body<MappingRule>,
 ) -> Response {
-    if let Err(r) = gate(&st, &headers, &addr, true) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
-    let Json(r) = match body {
-        Ok(b) => b,
-        Err(r) => return bad_body(r),
-    };
     match oidc::create_rule(&st, r) {
         Ok(r) => {
             audit_iam_change(&st, "ext_auth_mapping_create", &r.group, &headers, &addr);
@@ -238,19 +188,16 @@ async fn create_rule(
 }
 
 async fn update_rule(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<u64>,
-    body: Result<Json<MappingRule>, JsonRejection>,
+    Body(r): Body<MappingRule>,
 ) -> Response {
-    if let Err(r) = gate(&st, &headers, &addr, true) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
-    let Json(r) = match body {
-        Ok(b) => b,
-        Err(r) => return bad_body(r),
-    };
     match oidc::update_rule(&st, id, r) {
         Ok(r) => {
             audit_iam_change(&st, "ext_auth_mapping_update", &r.group, &headers, &addr);
@@ -261,12 +208,13 @@ async fn update_rule(
 }
 
 async fn delete_rule(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<u64>,
 ) -> Response {
-    if let Err(r) = gate(&st, &headers, &addr, true) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     match oidc::delete_rule(&st, id) {
@@ -298,19 +246,7 @@ struct PreviewBody {
 /// `POST …/mappings/preview` `{email, claims, provider?}` → the groups the rules would add.
 /// `email` wins over `claims.email`; `claims.email_verified: false` disables email rules,
 /// as at login.
-async fn preview(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Result<Json<PreviewBody>, JsonRejection>,
-) -> Response {
-    if let Err(r) = gate(&st, &headers, &addr, false) {
-        return r;
-    }
-    let Json(b) = match body {
-        Ok(b) => b,
-        Err(r) => return bad_body(r),
-    };
+async fn preview(_: Admin, State(st): St, Body(b): Body<PreviewBody>) -> Response {
     let mut claims = if b.claims.is_object() {
         b.claims
     } else {
@@ -331,14 +267,7 @@ async fn preview(
     Json(json!({"groups": groups, "matched_rules": matched})).into_response()
 }
 
-async fn identities(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = gate(&st, &headers, &addr, false) {
-        return r;
-    }
+async fn identities(_: Admin, State(st): St) -> Response {
     let users = st.iam.users.read();
     let v: Vec<Value> = oidc::identities(&st)
         .into_iter()
@@ -355,13 +284,11 @@ async fn identities(
 /// `POST …/ext-auth/sync-memberships`: re-applies the rules to every known identity.
 /// Allowed in declarative mode too: it only adds memberships the declared rules give.
 async fn sync_memberships(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = gate(&st, &headers, &addr, false) {
-        return r;
-    }
     match oidc::sync_memberships(&st) {
         Ok(rep) => {
             audit_iam_change(&st, "ext_auth_sync_memberships", "", &headers, &addr);
@@ -380,11 +307,12 @@ const LEGACY_ADMIN: &str = "legacy-admin";
 /// the API does not rewrite), so clients can move over without an outage. 409 when
 /// `legacy-admin` already exists; 403 `iam_declarative` in declarative mode.
 async fn migrate(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = gate(&st, &headers, &addr, true) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     let u = UserSpec {

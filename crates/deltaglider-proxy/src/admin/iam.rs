@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{audit_iam_change, err, require_session, St};
+use super::{audit_iam_change, err, Admin, Body, St};
 use crate::iam::{AdminOverlay, GroupSpec, UserSpec};
 use crate::state::AppState;
 
@@ -43,14 +43,7 @@ pub(super) fn redacted(u: &UserSpec) -> serde_json::Value {
     })
 }
 
-async fn list_users(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
+async fn list_users(_: Admin, State(st): St) -> Response {
     let users: Vec<_> = st
         .iam
         .users
@@ -62,7 +55,34 @@ async fn list_users(
     Json(json!({ "users": users })).into_response()
 }
 
-/// The IAM store could not be written: the change is not applied.
+/// A user or group name from the API: 422 when empty or starting with `$` (the synthetic
+/// principals `$bootstrap`, `$anonymous` …).
+fn check_name(name: &str) -> Result<(), Response> {
+    let why = if name.is_empty() {
+        "name must not be empty"
+    } else if name.starts_with('$') {
+        RESERVED
+    } else {
+        return Ok(());
+    };
+    Err(err(StatusCode::UNPROCESSABLE_ENTITY, why))
+}
+
+const RESERVED: &str = "names starting with $ are reserved";
+
+/// A user from the API: its name as [`check_name`], and an access key id to sign with (an
+/// empty one could never sign; backup import skips such users too).
+fn check_user(u: &UserSpec) -> Result<(), Response> {
+    check_name(&u.name)?;
+    if u.access_key_id.trim().is_empty() {
+        return Err(err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "access_key_id must not be empty",
+        ));
+    }
+    Ok(())
+}
+
 /// Delete `key` from an IAM map, persisting the deletion first (under the write lock, so no
 /// other change interleaves): 404 `missing` when absent, 500 when the persist fails.
 fn remove_persisted<T>(
@@ -85,7 +105,7 @@ pub(super) fn persist_failed(e: crate::error::ProxyError) -> Response {
     err(StatusCode::INTERNAL_SERVER_ERROR, "persist_failed")
 }
 
-/// Every IAM mutation (and backup import) passes here: 403 `iam_declarative` when the YAML
+/// Every IAM and ext-auth mutation (and backup import) passes here: 403 `iam_declarative` when the YAML
 /// owns IAM, 409 `config_db_locked` while the config store does not open (see recover-db).
 pub(super) fn declarative_guard(st: &AppState) -> Result<(), Response> {
     if st.cfg.iam_declarative {
@@ -109,19 +129,17 @@ pub(super) fn persist_batch(
 }
 
 async fn create_user(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(mut u): Json<UserSpec>,
+    Body(mut u): Body<UserSpec>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
-    if u.name.starts_with('$') || u.name.is_empty() {
-        return err(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "names starting with $ are reserved",
-        );
+    if let Err(r) = check_user(&u) {
+        return r;
     }
     if u.secret_access_key.is_empty() {
         u.secret_access_key = hex::encode(rand::random::<[u8; 20]>());
@@ -144,13 +162,14 @@ async fn create_user(
 }
 
 async fn update_user(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Json(mut u): Json<UserSpec>,
+    Body(mut u): Body<UserSpec>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     let mut users = st.iam.users.write();
@@ -160,11 +179,8 @@ async fn update_user(
     if u.secret_access_key.is_empty() {
         u.secret_access_key = old.secret_access_key;
     }
-    if u.name.starts_with('$') || u.name.is_empty() {
-        return err(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "names starting with $ are reserved",
-        );
+    if let Err(r) = check_user(&u) {
+        return r;
     }
     // A new key or name must not take over another user.
     if users
@@ -185,12 +201,13 @@ async fn update_user(
 }
 
 async fn delete_user(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     if let Err(r) = remove_persisted(&st.iam.users, &id, "no such user", || {
@@ -202,32 +219,23 @@ async fn delete_user(
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn list_groups(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
+async fn list_groups(_: Admin, State(st): St) -> Response {
     let groups: Vec<_> = st.iam.groups.read().values().cloned().collect();
     Json(json!({ "groups": groups })).into_response()
 }
 
 async fn create_group(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(g): Json<GroupSpec>,
+    Body(g): Body<GroupSpec>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
-    if g.name.starts_with('$') || g.name.is_empty() {
-        return err(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "names starting with $ are reserved",
-        );
+    if let Err(r) = check_name(&g.name) {
+        return r;
     }
     {
         let mut groups = st.iam.groups.write();
@@ -245,20 +253,18 @@ async fn create_group(
 
 /// Replaces a group; a changed `name` renames it and re-points its members, in one write.
 async fn update_group(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    Json(g): Json<GroupSpec>,
+    Body(g): Body<GroupSpec>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
-    if g.name.starts_with('$') || g.name.is_empty() {
-        return err(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "names starting with $ are reserved",
-        );
+    if let Err(r) = check_name(&g.name) {
+        return r;
     }
     {
         // Lock order users -> groups -> store, as everywhere.
@@ -307,12 +313,13 @@ async fn update_group(
 }
 
 async fn delete_group(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     if let Err(r) = remove_persisted(&st.iam.groups, &name, "no such group", || {
@@ -335,12 +342,13 @@ async fn policies() -> Json<serde_json::Value> {
 /// `POST /_/api/admin/users/{id}/rotate-keys`: a new access key id and secret for the user;
 /// the old pair stops working at once. Answers the new pair (shown once).
 async fn rotate_keys(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     let mut users = st.iam.users.write();
@@ -393,10 +401,7 @@ fn set_membership(
         return Err(err(StatusCode::NOT_FOUND, "no such user"));
     };
     if u.name.starts_with('$') {
-        return Err(err(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "names starting with $ are reserved",
-        ));
+        return Err(err(StatusCode::UNPROCESSABLE_ENTITY, RESERVED));
     }
     let is_member = u.groups.iter().any(|g| g == group);
     match (member, is_member) {
@@ -412,13 +417,14 @@ fn set_membership(
 
 /// `POST /_/api/admin/groups/{name}/members` `{user_id}` (the user's access key id).
 async fn add_member(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    Json(m): Json<Member>,
+    Body(m): Body<Member>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     match set_membership(&st, &name, &m.user_id, true) {
@@ -438,12 +444,13 @@ async fn add_member(
 
 /// `DELETE /_/api/admin/groups/{name}/members/{user_id}`.
 async fn remove_member(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path((name, user_id)): Path<(String, String)>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr).and_then(|_| declarative_guard(&st)) {
+    if let Err(r) = declarative_guard(&st) {
         return r;
     }
     match set_membership(&st, &name, &user_id, false) {

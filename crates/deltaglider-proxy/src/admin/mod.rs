@@ -19,11 +19,13 @@ mod usage;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -74,6 +76,53 @@ fn require_session(st: &AppState, headers: &HeaderMap, addr: &SocketAddr) -> Res
         return Err(err(StatusCode::FORBIDDEN, "admin_required"));
     }
     Ok(())
+}
+
+/// The admin gate as an extractor: a handler lists `_: Admin` before its body, so a caller
+/// without an admin session is answered 401/403 (see [`require_session`]) before anything
+/// else is read or checked.
+pub(super) struct Admin;
+
+impl FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Self, Response> {
+        let ConnectInfo(addr) = ConnectInfo::<SocketAddr>::from_request_parts(parts, st)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        require_session(st, &parts.headers, &addr).map(|()| Admin)
+    }
+}
+
+/// A JSON request body whose rejection (missing content type, malformed JSON, wrong field
+/// types; axum's status for each) answers in the admin envelope `{"error": ...}` rather
+/// than axum's plain-text body.
+pub(super) struct Body<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, st: &S) -> Result<Self, Response> {
+        match Json::<T>::from_request(req, st).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(r) => Err(err(r.status(), &r.body_text())),
+        }
+    }
+}
+
+/// Query parameters whose rejection (a missing or mistyped field) answers 400 in the admin
+/// envelope, as [`Body`] does for JSON bodies.
+pub(super) struct Params<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, st: &S) -> Result<Self, Response> {
+        match Query::<T>::from_request_parts(parts, st).await {
+            Ok(Query(v)) => Ok(Params(v)),
+            Err(r) => Err(err(r.status(), &r.body_text())),
+        }
+    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -146,14 +195,7 @@ async fn metrics_text(State(st): St) -> Response {
     scai_core::metrics::metrics_handler().await
 }
 
-async fn stats(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
+async fn stats(_: Admin, State(st): St) -> Response {
     let mut total_objects = 0u64;
     let mut original = 0u64;
     let mut stored = 0u64;
@@ -194,14 +236,6 @@ struct Limit {
     limit: Option<usize>,
 }
 
-async fn audit(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(q): Query<Limit>,
-) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
+async fn audit(_: Admin, State(st): St, Params(q): Params<Limit>) -> Response {
     Json(json!({ "entries": st.audit.recent(q.limit.unwrap_or(100).min(10_000)) })).into_response()
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::session::{any_session, slow_down};
-use super::{audit_iam_change, client_ip, err, require_session, St};
+use super::{audit_iam_change, client_ip, err, Admin, Body, St};
 use crate::bootstrap::{hash_password, Source};
 use crate::config_store;
 use crate::state::AppState;
@@ -36,14 +36,12 @@ struct PasswordChange {
 
 /// `PUT /_/api/admin/password` `{current_password, new_password}`.
 async fn change_password(
+    _: Admin,
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(body): Json<PasswordChange>,
+    Body(body): Body<PasswordChange>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
     let Ok((token, _)) = any_session(&st, &headers, &addr) else {
         return err(StatusCode::UNAUTHORIZED, "not_authenticated");
     };
@@ -119,7 +117,7 @@ async fn recover_db(
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(body): Json<Recover>,
+    Body(body): Body<Recover>,
 ) -> Response {
     let ip = client_ip(&st, &headers, &addr);
     if st.login_limiter.locked(&ip) {

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +14,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{audit_iam_change, err, require_session};
+use super::{audit_iam_change, err, Admin};
 use crate::replication::{PauseError, RunError};
 use crate::state::AppState;
 
@@ -48,27 +49,18 @@ fn no_rule(name: &str) -> Response {
 }
 
 /// `GET /_/api/admin/replication`.
-async fn status(
-    State(st): State<Arc<AppState>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
+async fn status(_: Admin, State(st): State<Arc<AppState>>) -> Response {
     Json(json!({ "rules": st.replication.status() })).into_response()
 }
 
 /// `POST …/rules/{name}/run-now`: runs the rule to completion and answers its run record.
 async fn run_now(
+    _: Admin,
     State(st): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
     match st.replication.run(&name, "manual").await {
         Ok(rec) => {
             audit_iam_change(&st, "replication_run_now", &name, &headers, &addr);
@@ -89,9 +81,6 @@ async fn set_paused(
     name: &str,
     paused: bool,
 ) -> Response {
-    if let Err(r) = require_session(st, headers, addr) {
-        return r;
-    }
     match st.replication.set_paused(name, paused).await {
         Ok(()) => {}
         Err(PauseError::NoSuchRule) => return no_rule(name),
@@ -113,6 +102,7 @@ async fn set_paused(
 
 /// `POST …/rules/{name}/pause`.
 async fn pause(
+    _: Admin,
     State(st): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -123,6 +113,7 @@ async fn pause(
 
 /// `POST …/rules/{name}/resume`.
 async fn resume(
+    _: Admin,
     State(st): State<Arc<AppState>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -142,42 +133,39 @@ impl Limit {
     }
 }
 
-/// `GET …/rules/{name}/history?limit=N`.
-async fn history(
-    State(st): State<Arc<AppState>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-    q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
+/// A rule's newest-first list (`history` or `failures`) as `{<key>: [...]}`; 404 for an
+/// unknown rule, 400 for a `limit` that is not a positive integer.
+fn listing<T: serde::Serialize>(
+    name: &str,
+    q: Result<Query<Limit>, QueryRejection>,
+    key: &str,
+    get: impl FnOnce(usize) -> Option<Vec<T>>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
     let Ok(Query(q)) = q else {
         return err(StatusCode::BAD_REQUEST, "limit must be a positive integer");
     };
-    match st.replication.history(&name, q.get()) {
-        Some(h) => Json(json!({ "history": h })).into_response(),
-        None => no_rule(&name),
+    match get(q.get()) {
+        Some(v) => Json(json!({ key: v })).into_response(),
+        None => no_rule(name),
     }
+}
+
+/// `GET …/rules/{name}/history?limit=N`.
+async fn history(
+    _: Admin,
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    q: Result<Query<Limit>, QueryRejection>,
+) -> Response {
+    listing(&name, q, "history", |n| st.replication.history(&name, n))
 }
 
 /// `GET …/rules/{name}/failures?limit=N`.
 async fn failures(
+    _: Admin,
     State(st): State<Arc<AppState>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<Limit>, QueryRejection>,
 ) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
-    let Ok(Query(q)) = q else {
-        return err(StatusCode::BAD_REQUEST, "limit must be a positive integer");
-    };
-    match st.replication.failures(&name, q.get()) {
-        Some(f) => Json(json!({ "failures": f })).into_response(),
-        None => no_rule(&name),
-    }
+    listing(&name, q, "failures", |n| st.replication.failures(&name, n))
 }

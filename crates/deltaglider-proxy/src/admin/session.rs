@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{client_ip, err, require_session, St};
+use super::{client_ip, err, require_session, Body, St};
 use crate::iam::UserSpec;
 use crate::state::AppState;
 
@@ -269,7 +269,7 @@ async fn login(
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(body): Json<LoginBody>,
+    Body(body): Body<LoginBody>,
 ) -> Response {
     let ip = client_ip(&st, &headers, &addr);
     if st.login_limiter.locked(&ip) {
@@ -314,7 +314,7 @@ async fn login_as(
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(pair): Json<KeyPair>,
+    Body(pair): Body<KeyPair>,
 ) -> Response {
     let ip = client_ip(&st, &headers, &addr);
     if st.login_limiter.locked(&ip) {
@@ -390,7 +390,7 @@ async fn s3_credentials_put(
     State(st): St,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Json(pair): Json<KeyPair>,
+    Body(pair): Body<KeyPair>,
 ) -> Response {
     let (token, _) = match any_session(&st, &headers, &addr) {
         Ok(s) => s,

@@ -2,19 +2,18 @@
 //! `GET /_/api/admin/usage` reads the cached usage tree (see [`crate::usage`]).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{err, require_session, St};
+use super::{err, Admin, St};
 use crate::error::ProxyError;
 use crate::state::AppState;
 use crate::usage::{Started, MAX_DEPTH};
@@ -46,15 +45,7 @@ fn engine_err(e: ProxyError) -> Response {
 /// `POST /_/api/admin/usage/scan` `{bucket, prefix?}` → 202 `{scan_id, status, bucket,
 /// prefix, already_running}`. A scan of the same bucket and prefix that is still running is
 /// not started twice: its id is returned with `already_running: true`.
-async fn start_scan(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
+async fn start_scan(_: Admin, State(st): St, body: Bytes) -> Response {
     // Parsed by hand so that a bad body answers in the admin JSON error shape.
     let req: ScanBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
@@ -92,15 +83,7 @@ async fn start_scan(
 /// to `depth` levels of common prefixes (default 1, at most [`MAX_DEPTH`]), with `status`
 /// `scanning` (a scan runs; `usage` is the previous result, if any), `done`, `failed`
 /// (`error` says why) or `none` (never scanned).
-async fn read_usage(
-    State(st): St,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = require_session(&st, &headers, &addr) {
-        return r;
-    }
+async fn read_usage(_: Admin, State(st): St, Query(q): Query<HashMap<String, String>>) -> Response {
     let Some(bucket) = q.get("bucket").filter(|b| !b.is_empty()) else {
         return err(StatusCode::BAD_REQUEST, "bucket_required");
     };
