@@ -61,39 +61,6 @@ async fn start() -> (Proxy, tempfile::TempDir) {
     (p, dir)
 }
 
-async fn cookie(http: &reqwest::Client, base: &str) -> String {
-    let r = http
-        .post(format!("{base}/_/api/admin/login"))
-        .json(&json!({"password": "pw"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-async fn call(
-    http: &reqwest::Client,
-    method: Method,
-    url: String,
-    cookie: &str,
-    body: Option<serde_json::Value>,
-) -> (u16, serde_json::Value) {
-    let mut rq = http.request(method, url).header("cookie", cookie);
-    if let Some(b) = body {
-        rq = rq.json(&b);
-    }
-    let r = rq.send().await.unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(serde_json::Value::Null))
-}
-
 /// An anonymous request from `ip` (through X-Forwarded-For); (status, body).
 async fn anon(
     http: &reqwest::Client,
@@ -288,10 +255,9 @@ async fn admission_blocks_enforced_on_s3_requests() {
     assert_eq!(s, 403);
 
     // config_flag: turned on live through the admission section PUT.
-    let ck = cookie(&http, &base).await;
+    let ck = admin_login(&base, "pw").await;
     put_bytes(&c, "media", "b/file.txt", b"before").await;
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::PUT,
         format!("{base}/_/api/admin/config/section/admission"),
         &ck,
@@ -318,8 +284,7 @@ async fn admission_blocks_enforced_on_s3_requests() {
     assert_eq!(raw.status().as_u16(), 503);
     assert_eq!(get_bytes(&c, "media", "b/file.txt").await, b"before");
     // The section read shows the blocks as configured (no synthesized ones).
-    let (_, sec) = call(
-        &http,
+    let (_, sec) = admin_call(
         Method::GET,
         format!("{base}/_/api/admin/config/section/admission"),
         &ck,
@@ -328,8 +293,7 @@ async fn admission_blocks_enforced_on_s3_requests() {
     .await;
     assert_eq!(sec["blocks"].as_array().unwrap().len(), 6, "{sec}");
     assert_eq!(sec["flags"]["maintenance"], true);
-    let (s, _) = call(
-        &http,
+    let (s, _) = admin_call(
         Method::PUT,
         format!("{base}/_/api/admin/config/section/admission"),
         &ck,
@@ -340,25 +304,16 @@ async fn admission_blocks_enforced_on_s3_requests() {
     put_bytes(&c, "media", "b/file.txt", b"after").await;
 
     // The admission denials are audited.
-    let (_, audit) = call(
-        &http,
-        Method::GET,
-        format!("{base}/_/api/admin/audit"),
-        &ck,
-        None,
-    )
-    .await;
+    let (_, audit) = admin_call(Method::GET, format!("{base}/_/api/admin/audit"), &ck, None).await;
     assert!(audit.to_string().contains("admission_denied"), "{audit}");
 }
 
 #[tokio::test]
 async fn trace_validate_schema_and_flat_config() {
     let (p, dir) = start().await;
-    let http = reqwest::Client::new();
     let base = p.url();
     let trace_url = format!("{base}/_/api/admin/config/trace");
-    let (s, _) = call(
-        &http,
+    let (s, _) = admin_call(
         Method::POST,
         trace_url.clone(),
         "",
@@ -366,7 +321,7 @@ async fn trace_validate_schema_and_flat_config() {
     )
     .await;
     assert_eq!(s, 401, "trace needs a session");
-    let ck = cookie(&http, &base).await;
+    let ck = admin_login(&base, "pw").await;
 
     let cases = [
         (
@@ -401,21 +356,13 @@ async fn trace_validate_schema_and_flat_config() {
         ),
     ];
     for (body, decision, block) in cases {
-        let (s, v) = call(
-            &http,
-            Method::POST,
-            trace_url.clone(),
-            &ck,
-            Some(body.clone()),
-        )
-        .await;
+        let (s, v) = admin_call(Method::POST, trace_url.clone(), &ck, Some(body.clone())).await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["decision"], decision, "{body} -> {v}");
         assert_eq!(v["matched_block"], json!(block), "{body} -> {v}");
         assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
     }
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::GET,
         format!("{trace_url}?method=GET&path=/media/q/thumbs/a.png&authenticated=false"),
         &ck,
@@ -427,8 +374,7 @@ async fn trace_validate_schema_and_flat_config() {
         (200, json!("allow-anonymous")),
         "{v}"
     );
-    let (s, _) = call(
-        &http,
+    let (s, _) = admin_call(
         Method::POST,
         trace_url.clone(),
         &ck,
@@ -438,8 +384,7 @@ async fn trace_validate_schema_and_flat_config() {
     assert_eq!(s, 400);
 
     // Validation errors name the block; nothing is applied.
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::PUT,
         format!("{base}/_/api/admin/config/section/admission"),
         &ck,
@@ -448,8 +393,7 @@ async fn trace_validate_schema_and_flat_config() {
     .await;
     assert_eq!(s, 400, "{v}");
     assert!(v.to_string().contains("public-prefix:x"), "{v}");
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::POST,
         format!("{base}/_/api/admin/config/section/admission/validate"),
         &ck,
@@ -460,8 +404,7 @@ async fn trace_validate_schema_and_flat_config() {
     assert!(v.to_string().contains("'dup'"), "{v}");
 
     // Section validate: a dry run with a diff.
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::POST,
         format!("{base}/_/api/admin/config/section/advanced/validate"),
         &ck,
@@ -484,14 +427,7 @@ async fn trace_validate_schema_and_flat_config() {
         paths.contains(&"advanced.max_delta_ratio") && paths.contains(&"advanced.cache_size_mb"),
         "{v}"
     );
-    let (_, flat) = call(
-        &http,
-        Method::GET,
-        format!("{base}/_/api/admin/config"),
-        &ck,
-        None,
-    )
-    .await;
+    let (_, flat) = admin_call(Method::GET, format!("{base}/_/api/admin/config"), &ck, None).await;
     assert_eq!(
         flat["max_delta_ratio"], 0.75,
         "validate applied nothing: {flat}"
@@ -501,8 +437,7 @@ async fn trace_validate_schema_and_flat_config() {
     assert!(!flat.to_string().contains(SK), "{flat}");
 
     // Flat PUT: hot keys apply, the others wait for a restart; both persist.
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::PUT,
         format!("{base}/_/api/admin/config"),
         &ck,
@@ -516,22 +451,14 @@ async fn trace_validate_schema_and_flat_config() {
         json!(["advanced.cache_size_mb"]),
         "{v}"
     );
-    let (_, flat) = call(
-        &http,
-        Method::GET,
-        format!("{base}/_/api/admin/config"),
-        &ck,
-        None,
-    )
-    .await;
+    let (_, flat) = admin_call(Method::GET, format!("{base}/_/api/admin/config"), &ck, None).await;
     assert_eq!(flat["max_delta_ratio"], 0.4, "{flat}");
     let file = std::fs::read_to_string(dir.path().join("cfg.yaml")).unwrap();
     assert!(
         file.contains("cache_size_mb: 2048") && file.contains("legal-hold"),
         "{file}"
     );
-    let (s, _) = call(
-        &http,
+    let (s, _) = admin_call(
         Method::PUT,
         format!("{base}/_/api/admin/config"),
         &ck,
@@ -539,8 +466,7 @@ async fn trace_validate_schema_and_flat_config() {
     )
     .await;
     assert_eq!(s, 400, "read-only settings are refused");
-    let (s, _) = call(
-        &http,
+    let (s, _) = admin_call(
         Method::PUT,
         format!("{base}/_/api/admin/config"),
         &ck,
@@ -550,8 +476,7 @@ async fn trace_validate_schema_and_flat_config() {
     assert_eq!(s, 400);
 
     // JSON Schema.
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::GET,
         format!("{base}/_/api/admin/config/defaults"),
         &ck,
@@ -563,8 +488,7 @@ async fn trace_validate_schema_and_flat_config() {
         v["properties"]["advanced"]["properties"]["max_delta_ratio"]["default"], 0.75,
         "{v}"
     );
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::GET,
         format!("{base}/_/api/admin/config/defaults?section=admission"),
         &ck,
@@ -576,8 +500,7 @@ async fn trace_validate_schema_and_flat_config() {
         v["properties"]["blocks"]["items"]["properties"]["action"].is_object(),
         "{v}"
     );
-    let (s, _) = call(
-        &http,
+    let (s, _) = admin_call(
         Method::GET,
         format!("{base}/_/api/admin/config/defaults?section=bogus"),
         &ck,
@@ -587,8 +510,7 @@ async fn trace_validate_schema_and_flat_config() {
     assert_eq!(s, 404);
 
     // gui -> declarative with no users and no groups is refused (section PUT and apply).
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::PUT,
         format!("{base}/_/api/admin/config/section/access"),
         &ck,
@@ -596,8 +518,7 @@ async fn trace_validate_schema_and_flat_config() {
     )
     .await;
     assert_eq!(s, 422, "{v}");
-    let (s, _) = call(
-        &http,
+    let (s, _) = admin_call(
         Method::POST,
         format!("{base}/_/api/admin/config/apply"),
         &ck,
@@ -606,8 +527,7 @@ async fn trace_validate_schema_and_flat_config() {
     .await;
     assert_eq!(s, 422);
     // With a user it goes through, and the change is logged at warn.
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::PUT,
         format!("{base}/_/api/admin/config/section/access"),
         &ck,

@@ -504,25 +504,6 @@ async fn upload_part_copy(kind: Kind) {
     assert_eq!(get_bytes(&c, B, key).await, want);
 }
 
-async fn admin_cookie(http: &reqwest::Client, base: &str) -> String {
-    let ok = http
-        .post(format!("{base}/_/api/admin/login"))
-        .json(&serde_json::json!({"password": "s3cret-admin"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 200);
-    ok.headers()
-        .get("set-cookie")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test]
 async fn admin_created_users_survive_restart() {
     let hash = bcrypt::hash("s3cret-admin", 4).unwrap();
@@ -537,7 +518,7 @@ async fn admin_created_users_survive_restart() {
     let base = p.url();
     let http = reqwest::Client::new();
     p.client().create_bucket().bucket(B).send().await.unwrap();
-    let cookie = admin_cookie(&http, &base).await;
+    let cookie = admin_login(&base, "s3cret-admin").await;
     let rw = serde_json::json!([{"effect": "Allow", "actions": ["read", "write", "list"], "resources": [format!("{B}/*")]}]);
     let mut secrets = Vec::new();
     for name in ["erin", "frank", "gina"] {
@@ -671,7 +652,7 @@ async fn admin_created_users_survive_restart() {
     let hank = p.client_as("HANKAK", &hank_secret);
     assert_eq!(get_bytes(&hank, B, "erin/a.txt").await, b"hello");
     // The admin API lists the reloaded users (secrets redacted).
-    let cookie = admin_cookie(&http, &base).await;
+    let cookie = admin_login(&base, "s3cret-admin").await;
     let users: serde_json::Value = http
         .get(format!("{base}/_/api/admin/users"))
         .header("cookie", &cookie)

@@ -252,26 +252,6 @@ fn location(r: &reqwest::Response) -> String {
         .to_string()
 }
 
-fn session_cookie(r: &reqwest::Response) -> Option<String> {
-    r.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|c| c.starts_with("dgp_session="))
-        .map(|c| c.split(';').next().unwrap().to_string())
-}
-
-async fn password_login(base: &str) -> String {
-    let r = http()
-        .post(format!("{base}/_/api/admin/login"))
-        .json(&json!({"password": "s3cret-admin"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    session_cookie(&r).expect("login cookie")
-}
-
 /// Drives authorize → IdP → callback like a browser; returns the callback response.
 async fn browser_login(base: &str, provider: &str) -> reqwest::Response {
     let c = http();
@@ -347,7 +327,7 @@ async fn oidc_login_provisions_maps_and_refuses_bad_tokens() {
     let base = p.url();
     let admin = Admin {
         base: base.clone(),
-        cookie: password_login(&base).await,
+        cookie: admin_login(&base, "s3cret-admin").await,
     };
 
     // Groups the rules map to.
@@ -703,7 +683,7 @@ async fn oidc_login_provisions_maps_and_refuses_bad_tokens() {
     let p2 = start_proxy_in(&data, None, &admin_env(), keep).await;
     let admin2 = Admin {
         base: p2.url(),
-        cookie: password_login(&p2.url()).await,
+        cookie: admin_login(&p2.url(), "s3cret-admin").await,
     };
     let (_, ids) = admin2.get("/_/api/admin/ext-auth/identities").await;
     assert_eq!(ids["identities"].as_array().unwrap().len(), 2);
@@ -768,7 +748,7 @@ access:
     let base = p.url();
     let admin = Admin {
         base: base.clone(),
-        cookie: password_login(&base).await,
+        cookie: admin_login(&base, "s3cret-admin").await,
     };
 
     let (_, list) = admin.get("/_/api/admin/ext-auth/providers").await;
