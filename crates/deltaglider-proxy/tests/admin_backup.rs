@@ -534,67 +534,29 @@ access:
     let user = json!({"name": "x", "access_key_id": "XAK"});
     let group = json!({"name": "g"});
     let member = json!({"user_id": "ALICEAK"});
-    let cases: Vec<(reqwest::Method, String, Option<Value>)> = vec![
+    let cases: Vec<(Method, &str, Option<Value>)> = vec![
+        (Method::POST, "/_/api/admin/users", Some(user.clone())),
+        (Method::PUT, "/_/api/admin/users/ALICEAK", Some(user)),
+        (Method::DELETE, "/_/api/admin/users/ALICEAK", None),
+        (Method::POST, "/_/api/admin/users/ALICEAK/rotate-keys", None),
+        (Method::POST, "/_/api/admin/groups", Some(group.clone())),
+        (Method::PUT, "/_/api/admin/groups/readers", Some(group)),
+        (Method::DELETE, "/_/api/admin/groups/readers", None),
         (
-            reqwest::Method::POST,
-            "/_/api/admin/users".into(),
-            Some(user.clone()),
-        ),
-        (
-            reqwest::Method::PUT,
-            "/_/api/admin/users/ALICEAK".into(),
-            Some(user),
-        ),
-        (
-            reqwest::Method::DELETE,
-            "/_/api/admin/users/ALICEAK".into(),
-            None,
-        ),
-        (
-            reqwest::Method::POST,
-            "/_/api/admin/users/ALICEAK/rotate-keys".into(),
-            None,
-        ),
-        (
-            reqwest::Method::POST,
-            "/_/api/admin/groups".into(),
-            Some(group.clone()),
-        ),
-        (
-            reqwest::Method::PUT,
-            "/_/api/admin/groups/readers".into(),
-            Some(group),
-        ),
-        (
-            reqwest::Method::DELETE,
-            "/_/api/admin/groups/readers".into(),
-            None,
-        ),
-        (
-            reqwest::Method::POST,
-            "/_/api/admin/groups/readers/members".into(),
+            Method::POST,
+            "/_/api/admin/groups/readers/members",
             Some(member),
         ),
         (
-            reqwest::Method::DELETE,
-            "/_/api/admin/groups/readers/members/ALICEAK".into(),
+            Method::DELETE,
+            "/_/api/admin/groups/readers/members/ALICEAK",
             None,
         ),
     ];
     for (m, path, body) in cases {
-        let mut rb = http
-            .request(m.clone(), format!("{base}{path}"))
-            .header("cookie", &c);
-        if let Some(b) = body {
-            rb = rb.json(&b);
-        }
-        let r = rb.send().await.unwrap();
-        assert_eq!(r.status(), 403, "{m} {path}");
-        assert_eq!(
-            r.json::<Value>().await.unwrap(),
-            json!({"error": "iam_declarative"}),
-            "{m} {path}"
-        );
+        let (s, v) = admin_call(m.clone(), format!("{base}{path}"), &c, body).await;
+        assert_eq!(s, 403, "{m} {path}");
+        assert_eq!(v, json!({"error": "iam_declarative"}), "{m} {path}");
     }
     let (s, v) = import(&base, &c, zip).await;
     assert_eq!((s, v), (403, json!({"error": "iam_declarative"})));

@@ -133,48 +133,27 @@ async fn generated_password_cli_reset_and_password_change() {
         json!({"name": "frank", "access_key_id": "FRANKAK", "permissions": rules}),
     )
     .await;
-    let url = format!("{base}/_/api/admin/password");
-    let (s, _) = admin_call(
-        Method::PUT,
-        url.clone(),
-        &mine,
-        Some(json!({"current_password": "wrong", "new_password": "new-password-3"})),
-    )
-    .await;
+    let change = |current: &str, new: &str| {
+        let body = json!({"current_password": current, "new_password": new});
+        admin_call(
+            Method::PUT,
+            format!("{base}/_/api/admin/password"),
+            &mine,
+            Some(body),
+        )
+    };
+    let (s, _) = change("wrong", "new-password-3").await;
     assert_eq!(s, 401);
-    let (s, _) = admin_call(
-        Method::PUT,
-        url.clone(),
-        &mine,
-        Some(json!({"current_password": "cli-password-2", "new_password": "short"})),
-    )
-    .await;
+    let (s, _) = change("cli-password-2", "short").await;
     assert_eq!(s, 422);
-    let (s, v) = admin_call(
-        Method::PUT,
-        url.clone(),
-        &mine,
-        Some(json!({"current_password": "cli-password-2", "new_password": "new-password-3"})),
-    )
-    .await;
+    let (s, v) = change("cli-password-2", "new-password-3").await;
     assert_eq!(s, 200, "{v}");
     assert!(bcrypt::verify("new-password-3", hash_file(&data).trim()).unwrap());
     // The other session ended; this one lives on.
-    let (s, _) = admin_call(
-        Method::GET,
-        format!("{base}/_/api/admin/users"),
-        &other,
-        None,
-    )
-    .await;
+    let users = format!("{base}/_/api/admin/users");
+    let (s, _) = admin_call(Method::GET, users.clone(), &other, None).await;
     assert_eq!(s, 401);
-    let (s, _) = admin_call(
-        Method::GET,
-        format!("{base}/_/api/admin/users"),
-        &mine,
-        None,
-    )
-    .await;
+    let (s, _) = admin_call(Method::GET, users, &mine, None).await;
     assert_eq!(s, 200);
     assert_eq!(
         admin_login_response(&base, "cli-password-2").await.status(),
@@ -461,30 +440,20 @@ async fn login_as_gating_s3_credentials_rotation_and_membership() {
     };
     assert!(!reads().await);
     let members = format!("{base}/_/api/admin/groups/readers/members");
-    let (s, v) = admin_call(
-        Method::POST,
-        members.clone(),
-        &boot,
-        Some(json!({"user_id": "NOBODYAK"})),
-    )
-    .await;
+    let add_nobody = |url: String| {
+        admin_call(
+            Method::POST,
+            url,
+            &boot,
+            Some(json!({"user_id": "NOBODYAK"})),
+        )
+    };
+    let (s, v) = add_nobody(members.clone()).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["groups"], json!(["readers"]));
-    let (s, _) = admin_call(
-        Method::POST,
-        members.clone(),
-        &boot,
-        Some(json!({"user_id": "NOBODYAK"})),
-    )
-    .await;
+    let (s, _) = add_nobody(members).await;
     assert_eq!(s, 409);
-    let (s, _) = admin_call(
-        Method::POST,
-        format!("{base}/_/api/admin/groups/missing/members"),
-        &boot,
-        Some(json!({"user_id": "NOBODYAK"})),
-    )
-    .await;
+    let (s, _) = add_nobody(format!("{base}/_/api/admin/groups/missing/members")).await;
     assert_eq!(s, 404);
     assert!(reads().await);
     let (s, _) = admin_call(

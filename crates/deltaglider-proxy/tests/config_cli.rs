@@ -44,50 +44,48 @@ fn lint_exit_codes_and_messages() {
         "good.yaml",
         "admission:\n  blocks:\n    - name: no-bad\n      match: {source_ip_list: [\"10.0.0.0/8\"]}\n      action: deny\nstorage:\n  buckets:\n    r: {public_prefixes: [\"a/\"]}\n",
     );
-    let o = run(d.path(), &["config", "lint", &good], &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    assert!(err(&o).contains("ok"), "{}", err(&o));
+    // Runs the CLI, checks its exit code, returns its stderr.
+    let exits = |args: &[&str], code: i32| {
+        let o = run(d.path(), args, &[]);
+        assert_eq!(o.status.code(), Some(code), "{}", err(&o));
+        err(&o)
+    };
+    let e = exits(&["config", "lint", &good], 0);
+    assert!(e.contains("ok"), "{e}");
 
-    let o = run(d.path(), &["config", "lint", "/nonexistent/dgp.yaml"], &[]);
-    assert_eq!(o.status.code(), Some(3), "{}", err(&o));
-    assert!(err(&o).contains("/nonexistent/dgp.yaml"));
+    let e = exits(&["config", "lint", "/nonexistent/dgp.yaml"], 3);
+    assert!(e.contains("/nonexistent/dgp.yaml"));
 
     let bad_syntax = w("syntax.yaml", "storage: [unclosed\n");
-    let o = run(d.path(), &["config", "lint", &bad_syntax], &[]);
-    assert_eq!(o.status.code(), Some(4), "{}", err(&o));
-    assert!(err(&o).contains("parse error"), "{}", err(&o));
+    let e = exits(&["config", "lint", &bad_syntax], 4);
+    assert!(e.contains("parse error"), "{e}");
 
     let mixed = w("mixed.yaml", "listen_addr: 127.0.0.1:1\nstorage: {}\n");
-    let o = run(d.path(), &["config", "lint", &mixed], &[]);
-    assert_eq!(o.status.code(), Some(4), "{}", err(&o));
-    assert!(err(&o).contains("mixing"), "{}", err(&o));
+    let e = exits(&["config", "lint", &mixed], 4);
+    assert!(e.contains("mixing"), "{e}");
 
     let reserved = w(
         "reserved.yaml",
         "admission:\n  blocks:\n    - name: \"public-prefix:r\"\n      action: deny\n",
     );
-    let o = run(d.path(), &["config", "lint", &reserved], &[]);
-    assert_eq!(o.status.code(), Some(6), "{}", err(&o));
-    assert!(err(&o).contains("'public-prefix:r'"), "{}", err(&o));
+    let e = exits(&["config", "lint", &reserved], 6);
+    assert!(e.contains("'public-prefix:r'"), "{e}");
 
     let bad_cidr = w(
         "cidr.yaml",
         "admission:\n  blocks:\n    - name: office\n      match: {source_ip: 10.0.0.0/40}\n      action: continue\n",
     );
-    let o = run(d.path(), &["config", "lint", &bad_cidr], &[]);
-    assert_eq!(o.status.code(), Some(6), "{}", err(&o));
-    assert!(err(&o).contains("'office'"), "{}", err(&o));
+    let e = exits(&["config", "lint", &bad_cidr], 6);
+    assert!(e.contains("'office'"), "{e}");
 
     let both = w(
         "both.yaml",
         "storage:\n  buckets:\n    r: {public: true, public_prefixes: [a/]}\n",
     );
-    let o = run(d.path(), &["config", "lint", &both], &[]);
-    assert_eq!(o.status.code(), Some(6), "{}", err(&o));
+    exits(&["config", "lint", &both], 6);
 
     // No argument: DGP_CONFIG (here via --config) is the file.
-    let o = run(d.path(), &["--config", &bad_syntax, "config", "lint"], &[]);
-    assert_eq!(o.status.code(), Some(4), "{}", err(&o));
+    exits(&["--config", &bad_syntax, "config", "lint"], 4);
     let o = run(d.path(), &["config", "lint"], &[]);
     assert_eq!(o.status.code(), Some(3), "no file anywhere: {}", err(&o));
 }

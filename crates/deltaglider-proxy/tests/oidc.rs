@@ -299,6 +299,9 @@ impl Admin {
     async fn put(&self, path: &str, b: Value) -> (u16, Value) {
         self.send(reqwest::Method::PUT, path, Some(b)).await
     }
+    async fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
 }
 
 fn user_named<'a>(users: &'a Value, name: &str) -> Option<&'a Value> {
@@ -623,21 +626,10 @@ async fn oidc_login_provisions_maps_and_refuses_bad_tokens() {
         .await;
     assert_eq!(s, 200, "{up}");
     assert_eq!(up["group"], "readers");
-    let (s, _) = admin
-        .send(
-            reqwest::Method::DELETE,
-            &format!("/_/api/admin/ext-auth/mappings/{rid}"),
-            None,
-        )
-        .await;
+    let mapping = format!("/_/api/admin/ext-auth/mappings/{rid}");
+    let (s, _) = admin.delete(&mapping).await;
     assert_eq!(s, 204);
-    let (s, _) = admin
-        .send(
-            reqwest::Method::DELETE,
-            &format!("/_/api/admin/ext-auth/mappings/{rid}"),
-            None,
-        )
-        .await;
+    let (s, _) = admin.delete(&mapping).await;
     assert_eq!(s, 404);
 
     // Provider update without a secret keeps the stored one (the login still works).
@@ -700,11 +692,7 @@ async fn oidc_login_provisions_maps_and_refuses_bad_tokens() {
 
     // Delete cascades to rules and identity links.
     let (s, _) = admin2
-        .send(
-            reqwest::Method::DELETE,
-            &format!("/_/api/admin/ext-auth/providers/{id}"),
-            None,
-        )
+        .delete(&format!("/_/api/admin/ext-auth/providers/{id}"))
         .await;
     assert_eq!(s, 204);
     let (_, ids) = admin2.get("/_/api/admin/ext-auth/identities").await;

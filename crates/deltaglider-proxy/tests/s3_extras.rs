@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder;
 use aws_sdk_s3::primitives::ByteStream;
 use common::*;
 
@@ -840,44 +841,24 @@ async fn misc_suite(p: &Proxy, up: Option<&S3sFs>) {
     assert_eq!(plain.cache_control(), None);
 
     // Conditional PUT: If-None-Match: * refuses an overwrite, If-Match needs the ETag.
-    let e = c
-        .put_object()
-        .bucket("misc")
-        .key("o.txt")
+    let put = |key: &str, body: &[u8]| {
+        c.put_object()
+            .bucket("misc")
+            .key(key)
+            .body(body.to_vec().into())
+    };
+    let refused = |rq: PutObjectFluentBuilder| async move {
+        let e = rq.send().await.unwrap_err();
+        assert_eq!(code(&e.into_service_error()), "PreconditionFailed");
+    };
+    refused(put("o.txt", b"new").if_none_match("*")).await;
+    put("fresh.txt", b"fresh")
         .if_none_match("*")
-        .body(b"new".to_vec().into())
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e.into_service_error()), "PreconditionFailed");
-    c.put_object()
-        .bucket("misc")
-        .key("fresh.txt")
-        .if_none_match("*")
-        .body(b"fresh".to_vec().into())
         .send()
         .await
         .unwrap();
-    let e = c
-        .put_object()
-        .bucket("misc")
-        .key("o.txt")
-        .if_match("\"0123456789abcdef0123456789abcdef\"")
-        .body(b"new".to_vec().into())
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e.into_service_error()), "PreconditionFailed");
-    let e = c
-        .put_object()
-        .bucket("misc")
-        .key("absent.txt")
-        .if_match("*")
-        .body(b"new".to_vec().into())
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e.into_service_error()), "PreconditionFailed");
+    refused(put("o.txt", b"new").if_match("\"0123456789abcdef0123456789abcdef\"")).await;
+    refused(put("absent.txt", b"new").if_match("*")).await;
     let cur = c
         .head_object()
         .bucket("misc")
@@ -885,14 +866,8 @@ async fn misc_suite(p: &Proxy, up: Option<&S3sFs>) {
         .send()
         .await
         .unwrap();
-    c.put_object()
-        .bucket("misc")
-        .key("o.txt")
-        .if_match(cur.e_tag().unwrap())
-        .body(b"new".to_vec().into())
-        .send()
-        .await
-        .unwrap();
+    let etag = cur.e_tag().unwrap();
+    put("o.txt", b"new").if_match(etag).send().await.unwrap();
     assert_eq!(get_bytes(&c, "misc", "o.txt").await, b"new");
 }
 
