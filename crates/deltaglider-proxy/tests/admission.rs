@@ -93,6 +93,8 @@ async fn admission_blocks_enforced_on_s3_requests() {
     );
     let http = reqwest::Client::new();
     let base = p.url();
+    let anon_get = |path: &str| anon(&http, Method::GET, format!("{base}{path}"), None);
+    let thumb = format!("{base}/media/a/thumbs/x.png");
 
     // deny applies to signed requests too (before auth); `continue` placed first exempts the
     // office address, which then takes normal SigV4 auth.
@@ -127,29 +129,11 @@ async fn admission_blocks_enforced_on_s3_requests() {
     put_bytes(&c, "rel", "builds/publicish/app.zip", b"not public").await;
 
     // allow-anonymous on a path glob: GET and HEAD of matching keys only.
-    let (s, body) = anon(
-        &http,
-        Method::GET,
-        format!("{base}/media/a/thumbs/x.png"),
-        None,
-    )
-    .await;
+    let (s, body) = anon_get("/media/a/thumbs/x.png").await;
     assert_eq!((s, body.as_str()), (200, "png bytes"));
-    let (s, _) = anon(
-        &http,
-        Method::HEAD,
-        format!("{base}/media/a/thumbs/x.png"),
-        None,
-    )
-    .await;
+    let (s, _) = anon(&http, Method::HEAD, thumb.clone(), None).await;
     assert_eq!(s, 200);
-    let (s, body) = anon(
-        &http,
-        Method::GET,
-        format!("{base}/media/a/thumbs/x.jpg"),
-        None,
-    )
-    .await;
+    let (s, body) = anon_get("/media/a/thumbs/x.jpg").await;
     assert_eq!(s, 403, "{body}");
     let (s, _) = anon(
         &http,
@@ -160,13 +144,7 @@ async fn admission_blocks_enforced_on_s3_requests() {
     .await;
     assert_eq!(s, 403, "anonymous writes are never admitted");
     // Anonymous LIST under the glob, filtered to the keys it admits.
-    let (s, body) = anon(
-        &http,
-        Method::GET,
-        format!("{base}/media?list-type=2&prefix=a/thumbs/"),
-        None,
-    )
-    .await;
+    let (s, body) = anon_get("/media?list-type=2&prefix=a/thumbs/").await;
     assert_eq!(s, 200, "{body}");
     assert!(
         body.contains("<Key>a/thumbs/x.png</Key>") && !body.contains("x.jpg"),
@@ -174,57 +152,27 @@ async fn admission_blocks_enforced_on_s3_requests() {
     );
     // A deny/reject path_glob matches a LIST only when the prefix itself matches: the bucket
     // root still lists (filtered), `legal/` does not.
-    let (s, body) = anon(
-        &http,
-        Method::GET,
-        format!("{base}/media?list-type=2"),
-        None,
-    )
-    .await;
+    let (s, body) = anon_get("/media?list-type=2").await;
     assert_eq!(s, 200, "{body}");
     assert!(
         !body.contains("legal/doc.txt") && body.contains("a/thumbs/x.png"),
         "{body}"
     );
-    let (s, _) = anon(
-        &http,
-        Method::GET,
-        format!("{base}/media?list-type=2&prefix=legal/"),
-        None,
-    )
-    .await;
+    let (s, _) = anon_get("/media?list-type=2&prefix=legal/").await;
     assert_eq!(s, 451);
 
     // deny by CIDR (v4 and v6) wins over the later allow-anonymous block.
     for ip in ["203.0.113.9", "2001:db8::5"] {
-        let (s, body) = anon(
-            &http,
-            Method::GET,
-            format!("{base}/media/a/thumbs/x.png"),
-            Some(ip),
-        )
-        .await;
+        let (s, body) = anon(&http, Method::GET, thumb.clone(), Some(ip)).await;
         assert_eq!(s, 403, "{ip}");
         assert!(body.contains("<Code>AccessDenied</Code>"), "{body}");
     }
-    let (s, _) = anon(
-        &http,
-        Method::GET,
-        format!("{base}/media/a/thumbs/x.png"),
-        Some("198.51.100.1"),
-    )
-    .await;
+    let (s, _) = anon(&http, Method::GET, thumb.clone(), Some("198.51.100.1")).await;
     assert_eq!(s, 200, "an address outside the CIDRs is not denied");
 
     // reject with a custom status and message, for anonymous and signed requests alike; it
     // comes before the synthesized public-prefix block of `legal/`.
-    let (s, body) = anon(
-        &http,
-        Method::GET,
-        format!("{base}/media/legal/doc.txt"),
-        None,
-    )
-    .await;
+    let (s, body) = anon_get("/media/legal/doc.txt").await;
     assert_eq!(s, 451, "{body}");
     assert!(body.contains("Unavailable for legal reasons"), "{body}");
     let e = c
@@ -237,33 +185,20 @@ async fn admission_blocks_enforced_on_s3_requests() {
     assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(451));
 
     // The synthesized public-prefix block keeps the trailing-slash semantics.
-    let (s, body) = anon(
-        &http,
-        Method::GET,
-        format!("{base}/rel/builds/public/app.zip"),
-        None,
-    )
-    .await;
+    let (s, body) = anon_get("/rel/builds/public/app.zip").await;
     assert_eq!((s, body.as_str()), (200, "public app"));
-    let (s, _) = anon(
-        &http,
-        Method::GET,
-        format!("{base}/rel/builds/publicish/app.zip"),
-        None,
-    )
-    .await;
+    let (s, _) = anon_get("/rel/builds/publicish/app.zip").await;
     assert_eq!(s, 403);
 
     // config_flag: turned on live through the admission section PUT.
     let ck = admin_login(&base, "pw").await;
+    let section = format!("{base}/_/api/admin/config/section/admission");
+    let maintenance = |on: bool| {
+        let body = json!({"flags": {"maintenance": on}});
+        admin_call(Method::PUT, section.clone(), &ck, Some(body))
+    };
     put_bytes(&c, "media", "b/file.txt", b"before").await;
-    let (s, v) = admin_call(
-        Method::PUT,
-        format!("{base}/_/api/admin/config/section/admission"),
-        &ck,
-        Some(json!({"flags": {"maintenance": true}})),
-    )
-    .await;
+    let (s, v) = maintenance(true).await;
     assert_eq!(s, 200, "{v}");
     assert!(
         v["applied"]
@@ -284,22 +219,10 @@ async fn admission_blocks_enforced_on_s3_requests() {
     assert_eq!(raw.status().as_u16(), 503);
     assert_eq!(get_bytes(&c, "media", "b/file.txt").await, b"before");
     // The section read shows the blocks as configured (no synthesized ones).
-    let (_, sec) = admin_call(
-        Method::GET,
-        format!("{base}/_/api/admin/config/section/admission"),
-        &ck,
-        None,
-    )
-    .await;
+    let (_, sec) = admin_call(Method::GET, section.clone(), &ck, None).await;
     assert_eq!(sec["blocks"].as_array().unwrap().len(), 6, "{sec}");
     assert_eq!(sec["flags"]["maintenance"], true);
-    let (s, _) = admin_call(
-        Method::PUT,
-        format!("{base}/_/api/admin/config/section/admission"),
-        &ck,
-        Some(json!({"flags": {"maintenance": false}})),
-    )
-    .await;
+    let (s, _) = maintenance(false).await;
     assert_eq!(s, 200);
     put_bytes(&c, "media", "b/file.txt", b"after").await;
 
