@@ -83,24 +83,11 @@ async fn backup_exports_and_imports_between_instances() {
     )
     .await;
     assert_eq!(s, 201);
-    let (s, u1) = admin_call(
-        Method::POST,
-        format!("{}/_/api/admin/users", a.url()),
-        &ca,
-        Some(json!({"name": "ursula", "access_key_id": "URSAK", "groups": ["readers"]})),
-    )
-    .await;
-    assert_eq!(s, 201);
-    let ursula_sk = u1["secret_access_key"].as_str().unwrap().to_string();
-    let (s, _) = admin_call(
-        Method::POST,
-        format!("{}/_/api/admin/users", a.url()),
-        &ca,
-        Some(json!({"name": "victor", "access_key_id": "VICAK", "secret_access_key": "victor-secret-1234",
-               "permissions": [{"actions": ["*"], "resources": ["*"]}]})),
-    )
-    .await;
-    assert_eq!(s, 201);
+    let ursula = json!({"name": "ursula", "access_key_id": "URSAK", "groups": ["readers"]});
+    let ursula_sk = create_user(&a.url(), &ca, ursula).await;
+    let victor = json!({"name": "victor", "access_key_id": "VICAK", "secret_access_key": "victor-secret-1234",
+                        "permissions": [{"actions": ["*"], "resources": ["*"]}]});
+    create_user(&a.url(), &ca, victor).await;
 
     // Export: four parts, checksums in the manifest, secrets only in secrets.json.
     let r = reqwest::Client::new()
@@ -344,15 +331,9 @@ fn with_secrets(parts: &BTreeMap<String, Vec<u8>>, f: impl FnOnce(&mut Value)) -
 async fn import_restores_the_bootstrap_password() {
     let a = start_proxy(None, &bootstrap_env("pw-a")).await;
     let ca = admin_login(&a.url(), "pw-a").await;
-    let (s, _) = admin_call(
-        Method::POST,
-        format!("{}/_/api/admin/users", a.url()),
-        &ca,
-        Some(json!({"name": "yara", "access_key_id": "YARAK", "secret_access_key": "yara-secret-1234",
-               "permissions": [{"actions": ["*"], "resources": ["*"]}]})),
-    )
-    .await;
-    assert_eq!(s, 201);
+    let yara = json!({"name": "yara", "access_key_id": "YARAK", "secret_access_key": "yara-secret-1234",
+                      "permissions": [{"actions": ["*"], "resources": ["*"]}]});
+    create_user(&a.url(), &ca, yara).await;
     let zip_bytes = reqwest::Client::new()
         .get(format!("{}/_/api/admin/backup", a.url()))
         .header("cookie", &ca)

@@ -14,18 +14,6 @@ use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-async fn create_user(base: &str, cookie: &str, body: Value) -> String {
-    let (s, v) = admin_call(
-        Method::POST,
-        format!("{base}/_/api/admin/users"),
-        cookie,
-        Some(body),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    v["secret_access_key"].as_str().unwrap().to_string()
-}
-
 async fn can_list(p: &Proxy, ak: &str, sk: &str, bucket: &str) -> bool {
     p.client_as(ak, sk)
         .list_objects_v2()

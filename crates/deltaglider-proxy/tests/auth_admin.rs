@@ -461,18 +461,8 @@ async fn gui_mode_admin_creates_users_that_can_sign() {
     let http = reqwest::Client::new();
     let base = p.url();
     let cookie = admin_login(&base, "pw").await;
-    let r = http
-        .post(format!("{base}/_/api/admin/users"))
-        .header("cookie", &cookie)
-        .json(&serde_json::json!({"name": "dave", "access_key_id": "DAVEAK", "permissions": [{"effect": "Allow", "actions": ["read", "list"], "resources": ["pub/*"]}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let secret = r.json::<serde_json::Value>().await.unwrap()["secret_access_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let dave = serde_json::json!({"name": "dave", "access_key_id": "DAVEAK", "permissions": [{"effect": "Allow", "actions": ["read", "list"], "resources": ["pub/*"]}]});
+    let secret = create_user(&base, &cookie, dave).await;
     p.client()
         .create_bucket()
         .bucket("pub")

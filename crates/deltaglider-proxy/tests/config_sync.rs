@@ -62,19 +62,13 @@ async fn iam_changes_propagate_between_instances_through_the_sync_bucket() {
 
     let http = reqwest::Client::new();
     let cookie_a = admin_login(&a.url(), "pw").await;
-    let created = http
-        .post(format!("{}/_/api/admin/users", a.url()))
-        .header("cookie", &cookie_a)
-        .json(&serde_json::json!({
-            "name": "carol",
-            "access_key_id": CAROL_AK,
-            "secret_access_key": CAROL_SK,
-            "permissions": [{"actions": ["*"], "resources": ["*"]}],
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    let carol = serde_json::json!({
+        "name": "carol",
+        "access_key_id": CAROL_AK,
+        "secret_access_key": CAROL_SK,
+        "permissions": [{"actions": ["*"], "resources": ["*"]}],
+    });
+    create_user(&a.url(), &cookie_a, carol).await;
     assert!(carol_accepted(&a, "data").await);
     wait_for(&b, "data", true, "proxy B accepting carol").await;
     // The shared object is where the docs say, sealed like the local store (no plaintext

@@ -522,20 +522,12 @@ async fn admin_created_users_survive_restart() {
     let rw = serde_json::json!([{"effect": "Allow", "actions": ["read", "write", "list"], "resources": [format!("{B}/*")]}]);
     let mut secrets = Vec::new();
     for name in ["erin", "frank", "gina"] {
-        let r = http
-            .post(format!("{base}/_/api/admin/users"))
-            .header("cookie", &cookie)
-            .json(&serde_json::json!({
-                "name": name,
-                "access_key_id": format!("{}AK", name.to_uppercase()),
-                "permissions": rw,
-            }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        let v: serde_json::Value = r.json().await.unwrap();
-        secrets.push(v["secret_access_key"].as_str().unwrap().to_string());
+        let user = serde_json::json!({
+            "name": name,
+            "access_key_id": format!("{}AK", name.to_uppercase()),
+            "permissions": rw,
+        });
+        secrets.push(create_user(&base, &cookie, user).await);
     }
     // frank is deleted, gina gets a new access key (secret kept) and loses write.
     assert_eq!(
@@ -592,20 +584,9 @@ async fn admin_created_users_survive_restart() {
             .status(),
         204
     );
-    let r = http
-        .post(format!("{base}/_/api/admin/users"))
-        .header("cookie", &cookie)
-        .json(
-            &serde_json::json!({"name": "hank", "access_key_id": "HANKAK", "groups": ["readers"]}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let hank_secret = r.json::<serde_json::Value>().await.unwrap()["secret_access_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let hank =
+        serde_json::json!({"name": "hank", "access_key_id": "HANKAK", "groups": ["readers"]});
+    let hank_secret = create_user(&base, &cookie, hank).await;
     let store = std::fs::metadata(p.data.join("deltaglider_config.db")).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;

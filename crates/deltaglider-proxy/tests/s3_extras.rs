@@ -350,6 +350,18 @@ async fn post_object_on_s3_backend() {
 // ---------------------------------------------------------------------------------------
 // Quotas
 
+/// A CompleteMultipartUpload body naming part 1 with this ETag.
+fn part_one(etag: &str) -> aws_sdk_s3::types::CompletedMultipartUpload {
+    aws_sdk_s3::types::CompletedMultipartUpload::builder()
+        .parts(
+            aws_sdk_s3::types::CompletedPart::builder()
+                .part_number(1)
+                .e_tag(etag)
+                .build(),
+        )
+        .build()
+}
+
 async fn quota_suite(p: &Proxy) {
     let c = p.client();
     c.create_bucket().bucket("quota-b").send().await.unwrap();
@@ -421,16 +433,7 @@ async fn quota_suite(p: &Proxy) {
             .bucket("quota-b")
             .key("m.bin")
             .upload_id(id)
-            .multipart_upload(
-                aws_sdk_s3::types::CompletedMultipartUpload::builder()
-                    .parts(
-                        aws_sdk_s3::types::CompletedPart::builder()
-                            .part_number(1)
-                            .e_tag("\"0123456789abcdef0123456789abcdef\"")
-                            .build(),
-                    )
-                    .build(),
-            )
+            .multipart_upload(part_one("\"0123456789abcdef0123456789abcdef\""))
             .send()
             .await
             .unwrap_err()
@@ -495,16 +498,7 @@ async fn quota_suite(p: &Proxy) {
         .bucket("quota-b")
         .key("m.bin")
         .upload_id(id)
-        .multipart_upload(
-            aws_sdk_s3::types::CompletedMultipartUpload::builder()
-                .parts(
-                    aws_sdk_s3::types::CompletedPart::builder()
-                        .part_number(1)
-                        .e_tag(part.e_tag().unwrap())
-                        .build(),
-                )
-                .build(),
-        )
+        .multipart_upload(part_one(part.e_tag().unwrap()))
         .send()
         .await
         .unwrap();

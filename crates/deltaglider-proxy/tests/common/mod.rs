@@ -281,3 +281,16 @@ pub async fn admin_call(
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
+
+/// Creates an IAM user through the admin API (must answer 201); returns its secret key.
+pub async fn create_user(base: &str, cookie: &str, body: Value) -> String {
+    let (s, v) = admin_call(
+        reqwest::Method::POST,
+        format!("{base}/_/api/admin/users"),
+        cookie,
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    v["secret_access_key"].as_str().unwrap().to_string()
+}
