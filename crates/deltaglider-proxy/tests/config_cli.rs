@@ -99,19 +99,15 @@ fn migrate_schema_and_defaults() {
         "listen_addr: 127.0.0.1:9100\nmax_delta_ratio: 0.5\naccess_key_id: AK1\nsecret_access_key: SK1\nbuckets:\n  rel: {public_prefixes: [\"b/\"]}\n",
     )
     .unwrap();
-    let o = run(
-        d.path(),
-        &["config", "migrate", flat.to_str().unwrap()],
-        &[],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    let y: serde_json::Value = serde_yaml::from_str(&out(&o)).unwrap();
-    assert_eq!(
-        y["advanced"]["listen_addr"],
-        "127.0.0.1:9100",
-        "{}",
+    // Runs the CLI, checks it exits 0, returns its stdout.
+    let succeeds = |args: &[&str]| {
+        let o = run(d.path(), args, &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", err(&o));
         out(&o)
-    );
+    };
+    let text = succeeds(&["config", "migrate", flat.to_str().unwrap()]);
+    let y: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    assert_eq!(y["advanced"]["listen_addr"], "127.0.0.1:9100", "{text}");
     assert_eq!(y["advanced"]["max_delta_ratio"], 0.5);
     assert_eq!(y["access"]["access_key_id"], "AK1");
     assert_eq!(
@@ -122,13 +118,8 @@ fn migrate_schema_and_defaults() {
     assert!(y.get("listen_addr").is_none());
     // The migrated text lints clean.
     let migrated = d.path().join("migrated.yaml");
-    std::fs::write(&migrated, out(&o)).unwrap();
-    let o = run(
-        d.path(),
-        &["config", "lint", migrated.to_str().unwrap()],
-        &[],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    std::fs::write(&migrated, &text).unwrap();
+    succeeds(&["config", "lint", migrated.to_str().unwrap()]);
 
     let toml = d.path().join("old.toml");
     std::fs::write(
@@ -136,21 +127,14 @@ fn migrate_schema_and_defaults() {
         "[advanced]\ncache_size_mb = 2048\n\n[storage.buckets.pub]\npublic = true\n",
     )
     .unwrap();
-    let o = run(
-        d.path(),
-        &["config", "migrate", toml.to_str().unwrap()],
-        &[],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    let y: serde_json::Value = serde_yaml::from_str(&out(&o)).unwrap();
-    assert_eq!(y["advanced"]["cache_size_mb"], 2048, "{}", out(&o));
+    let text = succeeds(&["config", "migrate", toml.to_str().unwrap()]);
+    let y: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    assert_eq!(y["advanced"]["cache_size_mb"], 2048, "{text}");
     assert_eq!(y["storage"]["buckets"]["pub"]["public"], true);
     let o = run(d.path(), &["config", "migrate", "/nonexistent.toml"], &[]);
     assert_eq!(o.status.code(), Some(3));
 
-    let o = run(d.path(), &["config", "schema"], &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    let s: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    let s: serde_json::Value = serde_json::from_str(&succeeds(&["config", "schema"])).unwrap();
     for sec in ["admission", "access", "storage", "advanced"] {
         assert!(s["properties"][sec]["properties"].is_object(), "{sec}: {s}");
     }
@@ -160,10 +144,9 @@ fn migrate_schema_and_defaults() {
     let o = run(d.path(), &["config", "schema", "--section", "nope"], &[]);
     assert_ne!(o.status.code(), Some(0));
 
-    let o = run(d.path(), &["config", "defaults"], &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    let y: serde_json::Value = serde_yaml::from_str(&out(&o)).unwrap();
-    assert_eq!(y["advanced"]["max_delta_ratio"], 0.75, "{}", out(&o));
+    let text = succeeds(&["config", "defaults"]);
+    let y: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    assert_eq!(y["advanced"]["max_delta_ratio"], 0.75, "{text}");
     assert_eq!(y["advanced"]["max_object_size"], 104857600);
     assert_eq!(y["access"]["iam_mode"], "gui");
 }
