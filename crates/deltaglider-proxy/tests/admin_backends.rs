@@ -10,39 +10,6 @@ use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-async fn admin_cookie(http: &reqwest::Client, base: &str, pw: &str) -> String {
-    let ok = http
-        .post(format!("{base}/_/api/admin/login"))
-        .json(&json!({ "password": pw }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 200);
-    ok.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-async fn call(
-    http: &reqwest::Client,
-    method: Method,
-    url: String,
-    cookie: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut rq = http.request(method, url).header("cookie", cookie);
-    if let Some(b) = body {
-        rq = rq.json(&b);
-    }
-    let r = rq.send().await.unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
-}
-
 fn names(list: &Value) -> Vec<String> {
     list["backends"]
         .as_array()
@@ -83,8 +50,8 @@ async fn named_backends_create_route_delete_and_persist() {
     // Admin only.
     let r = http.get(api("backends")).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let cookie = admin_cookie(&http, &base, "pw").await;
-    let (s, list) = call(&http, Method::GET, api("backends"), &cookie, None).await;
+    let cookie = admin_login(&base, "pw").await;
+    let (s, list) = admin_call(Method::GET, api("backends"), &cookie, None).await;
     assert_eq!(s, 200, "{list}");
     assert_eq!(names(&list), vec!["main"]);
     assert_eq!(list["default_backend"], "main");
@@ -92,27 +59,19 @@ async fn named_backends_create_route_delete_and_persist() {
 
     // test-s3: a real call each time.
     let good = json!({"endpoint": up.url(), "access_key_id": UP_AK, "secret_access_key": UP_SK});
-    let (s, v) = call(
-        &http,
-        Method::POST,
-        api("test-s3"),
-        &cookie,
-        Some(good.clone()),
-    )
-    .await;
+    let (s, v) = admin_call(Method::POST, api("test-s3"), &cookie, Some(good.clone())).await;
     assert_eq!((s, &v), (200, &json!({"ok": true})));
     let mut bad = good.clone();
     bad["secret_access_key"] = json!("wrong-secret");
-    let (s, v) = call(&http, Method::POST, api("test-s3"), &cookie, Some(bad)).await;
+    let (s, v) = admin_call(Method::POST, api("test-s3"), &cookie, Some(bad)).await;
     assert_eq!(s, 200);
     assert_eq!(v["ok"], false, "{v}");
     assert!(!v["error"].as_str().unwrap().is_empty(), "{v}");
     let dead = json!({"endpoint": format!("http://127.0.0.1:{}", scai_testkit::free_port()),
         "access_key_id": UP_AK, "secret_access_key": UP_SK});
-    let (s, v) = call(&http, Method::POST, api("test-s3"), &cookie, Some(dead)).await;
+    let (s, v) = admin_call(Method::POST, api("test-s3"), &cookie, Some(dead)).await;
     assert_eq!((s, v["ok"].clone()), (200, json!(false)), "{v}");
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::POST,
         api("test-s3"),
         &cookie,
@@ -150,19 +109,11 @@ async fn named_backends_create_route_delete_and_persist() {
             "S3 credentials check failed",
         ),
     ] {
-        let (s, v) = call(
-            &http,
-            Method::POST,
-            api("backends"),
-            &cookie,
-            Some(body.clone()),
-        )
-        .await;
+        let (s, v) = admin_call(Method::POST, api("backends"), &cookie, Some(body.clone())).await;
         assert_eq!(s, 400, "{body} -> {v}");
         assert!(v["error"].as_str().unwrap().contains(want), "{body} -> {v}");
     }
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::POST,
         api("backends"),
         &cookie,
@@ -172,8 +123,7 @@ async fn named_backends_create_route_delete_and_persist() {
     assert_eq!(s, 409, "{v}");
 
     // A valid S3 backend: created, persisted (with its secret) and never shown with it.
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::POST,
         api("backends"),
         &cookie,
@@ -185,7 +135,7 @@ async fn named_backends_create_route_delete_and_persist() {
     assert_eq!(v["requires_restart"], false, "{v}");
     let file = std::fs::read_to_string(&cfg).unwrap();
     assert!(file.contains("up-s3") && file.contains(UP_SK), "{file}");
-    let (_, list) = call(&http, Method::GET, api("backends"), &cookie, None).await;
+    let (_, list) = admin_call(Method::GET, api("backends"), &cookie, None).await;
     assert_eq!(names(&list), vec!["main", "up-s3"]);
     assert!(!list.to_string().contains(UP_SK), "secret leaked: {list}");
     let up_s3 = &list["backends"][1];
@@ -194,8 +144,7 @@ async fn named_backends_create_route_delete_and_persist() {
     assert_eq!(up_s3["is_default"], false);
     // The same name again, or one that maps to the same DGP_BACKEND_<NAME>_* env vars.
     for dup in ["up-s3", "UP.S3"] {
-        let (s, v) = call(
-            &http,
+        let (s, v) = admin_call(
             Method::POST,
             api("backends"),
             &cookie,
@@ -206,8 +155,7 @@ async fn named_backends_create_route_delete_and_persist() {
     }
 
     // Usable at once: route a bucket to it with a section PUT, no restart.
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::PUT,
         api("config/section/storage"),
         &cookie,
@@ -239,23 +187,22 @@ async fn named_backends_create_route_delete_and_persist() {
         get_bytes(&c, "remote", "k/obj.bin").await,
         b"stored upstream"
     );
-    let (_, list) = call(&http, Method::GET, api("backends"), &cookie, None).await;
+    let (_, list) = admin_call(Method::GET, api("backends"), &cookie, None).await;
     assert_eq!(list["backends"][1]["buckets"], json!(["remote"]));
 
     // Delete: refused for the default and for a backend in use; 404 for an unknown name.
-    let (s, v) = call(&http, Method::DELETE, api("backends/main"), &cookie, None).await;
+    let (s, v) = admin_call(Method::DELETE, api("backends/main"), &cookie, None).await;
     assert_eq!(s, 409, "{v}");
     assert!(v["error"].as_str().unwrap().contains("default"), "{v}");
-    let (s, v) = call(&http, Method::DELETE, api("backends/up-s3"), &cookie, None).await;
+    let (s, v) = admin_call(Method::DELETE, api("backends/up-s3"), &cookie, None).await;
     assert_eq!(s, 409, "{v}");
     assert!(v["error"].as_str().unwrap().contains("remote"), "{v}");
-    let (s, _) = call(&http, Method::DELETE, api("backends/nope"), &cookie, None).await;
+    let (s, _) = admin_call(Method::DELETE, api("backends/nope"), &cookie, None).await;
     assert_eq!(s, 404);
 
     // A filesystem backend created now survives a restart (it was persisted).
     let archive = d.join("archive");
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::POST,
         api("backends"),
         &cookie,
@@ -265,8 +212,7 @@ async fn named_backends_create_route_delete_and_persist() {
     assert_eq!(s, 201, "{v}");
 
     // Re-route the bucket, then the delete goes through and is persisted.
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::PUT,
         api("config/section/storage"),
         &cookie,
@@ -274,7 +220,7 @@ async fn named_backends_create_route_delete_and_persist() {
     )
     .await;
     assert_eq!(s, 200, "{v}");
-    let (s, v) = call(&http, Method::DELETE, api("backends/up-s3"), &cookie, None).await;
+    let (s, v) = admin_call(Method::DELETE, api("backends/up-s3"), &cookie, None).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["persisted"], true);
     assert!(!std::fs::read_to_string(&cfg).unwrap().contains("up-s3"));
@@ -283,9 +229,8 @@ async fn named_backends_create_route_delete_and_persist() {
     drop(p);
     let p = start_proxy_in(d, None, &env, None).await;
     let base = p.url();
-    let cookie = admin_cookie(&http, &base, "pw").await;
-    let (_, list) = call(
-        &http,
+    let cookie = admin_login(&base, "pw").await;
+    let (_, list) = admin_call(
         Method::GET,
         format!("{base}/_/api/admin/backends"),
         &cookie,
@@ -294,8 +239,7 @@ async fn named_backends_create_route_delete_and_persist() {
     .await;
     assert_eq!(names(&list), vec!["main", "archive"]);
     // And the restarted proxy can route to it.
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::PUT,
         format!("{base}/_/api/admin/config/section/storage"),
         &cookie,
@@ -332,9 +276,8 @@ async fn singleton_backend_refuses_named_additions() {
     .await;
     let http = reqwest::Client::new();
     let base = p.url();
-    let cookie = admin_cookie(&http, &base, "pw").await;
-    let (s, list) = call(
-        &http,
+    let cookie = admin_login(&base, "pw").await;
+    let (s, list) = admin_call(
         Method::GET,
         format!("{base}/_/api/admin/backends"),
         &cookie,
@@ -345,8 +288,7 @@ async fn singleton_backend_refuses_named_additions() {
     assert_eq!(names(&list), vec!["default"]);
     assert_eq!(list["backends"][0]["singleton"], true);
     assert_eq!(list["backends"][0]["type"], "filesystem");
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::POST,
         format!("{base}/_/api/admin/backends"),
         &cookie,
@@ -356,8 +298,7 @@ async fn singleton_backend_refuses_named_additions() {
     assert_eq!(s, 409, "{v}");
     assert!(v["error"].as_str().unwrap().contains("singleton"), "{v}");
     assert!(!std::fs::read_to_string(&cfg).unwrap().contains("extra"));
-    let (s, _) = call(
-        &http,
+    let (s, _) = admin_call(
         Method::DELETE,
         format!("{base}/_/api/admin/backends/default"),
         &cookie,

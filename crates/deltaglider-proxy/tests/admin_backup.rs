@@ -12,54 +12,9 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use common::*;
+use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-
-fn env_with(pw: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("DGP_BOOTSTRAP_PASSWORD_HASH", bcrypt::hash(pw, 4).unwrap()),
-        ("DGP_SECURE_COOKIES", "false".into()),
-    ]
-}
-
-async fn login_status(base: &str, pw: &str) -> u16 {
-    reqwest::Client::new()
-        .post(format!("{base}/_/api/admin/login"))
-        .json(&json!({ "password": pw }))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-async fn login(base: &str, pw: &str) -> String {
-    let r = reqwest::Client::new()
-        .post(format!("{base}/_/api/admin/login"))
-        .json(&json!({ "password": pw }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-async fn post_json(url: String, cookie: &str, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(url)
-        .header("cookie", cookie)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
 
 async fn import(base: &str, cookie: &str, body: Vec<u8>) -> (u16, Value) {
     let r = reqwest::Client::new()
@@ -118,31 +73,21 @@ fn rezip(parts: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
 
 #[tokio::test]
 async fn backup_exports_and_imports_between_instances() {
-    let a = start_proxy(None, &env_with("pw-a")).await;
-    let ca = login(&a.url(), "pw-a").await;
-    let (s, _) = post_json(
+    let a = start_proxy(None, &bootstrap_env("pw-a")).await;
+    let ca = admin_login(&a.url(), "pw-a").await;
+    let (s, _) = admin_call(
+        Method::POST,
         format!("{}/_/api/admin/groups", a.url()),
         &ca,
-        json!({"name": "readers", "permissions": [{"actions": ["read", "list"], "resources": ["bkt/*"]}]}),
+        Some(json!({"name": "readers", "permissions": [{"actions": ["read", "list"], "resources": ["bkt/*"]}]})),
     )
     .await;
     assert_eq!(s, 201);
-    let (s, u1) = post_json(
-        format!("{}/_/api/admin/users", a.url()),
-        &ca,
-        json!({"name": "ursula", "access_key_id": "URSAK", "groups": ["readers"]}),
-    )
-    .await;
-    assert_eq!(s, 201);
-    let ursula_sk = u1["secret_access_key"].as_str().unwrap().to_string();
-    let (s, _) = post_json(
-        format!("{}/_/api/admin/users", a.url()),
-        &ca,
-        json!({"name": "victor", "access_key_id": "VICAK", "secret_access_key": "victor-secret-1234",
-               "permissions": [{"actions": ["*"], "resources": ["*"]}]}),
-    )
-    .await;
-    assert_eq!(s, 201);
+    let ursula = json!({"name": "ursula", "access_key_id": "URSAK", "groups": ["readers"]});
+    let ursula_sk = create_user(&a.url(), &ca, ursula).await;
+    let victor = json!({"name": "victor", "access_key_id": "VICAK", "secret_access_key": "victor-secret-1234",
+                        "permissions": [{"actions": ["*"], "resources": ["*"]}]});
+    create_user(&a.url(), &ca, victor).await;
 
     // Export: four parts, checksums in the manifest, secrets only in secrets.json.
     let r = reqwest::Client::new()
@@ -184,9 +129,9 @@ async fn backup_exports_and_imports_between_instances() {
         .starts_with("$2"));
 
     // A tampered part is refused before anything changes.
-    let b_env = env_with("pw-b");
+    let b_env = bootstrap_env("pw-b");
     let b = start_proxy(None, &b_env).await;
-    let cb = login(&b.url(), "pw-b").await;
+    let cb = admin_login(&b.url(), "pw-b").await;
     let mut bad = parts.clone();
     let mut bad_iam = iam.clone();
     bad_iam["users"][0]["permissions"] = json!([{"actions": ["*"], "resources": ["*"]}]);
@@ -225,8 +170,8 @@ async fn backup_exports_and_imports_between_instances() {
                "external_identities_skipped": 0, "bootstrap_password_restored": true,
                "warning": v["warning"], "bootstrap_password_hash": a_hash})
     );
-    assert_eq!(login_status(&b.url(), "pw-b").await, 401);
-    assert_eq!(login_status(&b.url(), "pw-a").await, 200);
+    assert_eq!(admin_login_response(&b.url(), "pw-b").await.status(), 401);
+    assert_eq!(admin_login_response(&b.url(), "pw-a").await.status(), 200);
     b.client()
         .create_bucket()
         .bucket("bkt")
@@ -253,10 +198,11 @@ async fn backup_exports_and_imports_between_instances() {
     );
 
     // Re-import: existing names are skipped, not overwritten.
-    let (s, _) = post_json(
+    let (s, _) = admin_call(
+        Method::POST,
         format!("{}/_/api/admin/users/VICAK/rotate-keys", b.url()),
         &cb,
-        json!({}),
+        Some(json!({})),
     )
     .await;
     assert_eq!(s, 200);
@@ -311,7 +257,7 @@ async fn backup_exports_and_imports_between_instances() {
         ("DGP_SECURE_COOKIES", "false".to_string()),
     ];
     let b2 = start_proxy_in(&data, None, &b2_env, keep).await;
-    assert_eq!(login_status(&b2.url(), "pw-a").await, 200);
+    assert_eq!(admin_login_response(&b2.url(), "pw-a").await.status(), 200);
     assert_eq!(
         get_bytes(&b2.client_as("URSAK", &ursula_sk), "bkt", "f.txt").await,
         b"restored"
@@ -383,16 +329,11 @@ fn with_secrets(parts: &BTreeMap<String, Vec<u8>>, f: impl FnOnce(&mut Value)) -
 /// file) imports A's zip and takes A's bootstrap password with its users, across a restart.
 #[tokio::test]
 async fn import_restores_the_bootstrap_password() {
-    let a = start_proxy(None, &env_with("pw-a")).await;
-    let ca = login(&a.url(), "pw-a").await;
-    let (s, _) = post_json(
-        format!("{}/_/api/admin/users", a.url()),
-        &ca,
-        json!({"name": "yara", "access_key_id": "YARAK", "secret_access_key": "yara-secret-1234",
-               "permissions": [{"actions": ["*"], "resources": ["*"]}]}),
-    )
-    .await;
-    assert_eq!(s, 201);
+    let a = start_proxy(None, &bootstrap_env("pw-a")).await;
+    let ca = admin_login(&a.url(), "pw-a").await;
+    let yara = json!({"name": "yara", "access_key_id": "YARAK", "secret_access_key": "yara-secret-1234",
+                      "permissions": [{"actions": ["*"], "resources": ["*"]}]});
+    create_user(&a.url(), &ca, yara).await;
     let zip_bytes = reqwest::Client::new()
         .get(format!("{}/_/api/admin/backup", a.url()))
         .header("cookie", &ca)
@@ -417,8 +358,8 @@ async fn import_restores_the_bootstrap_password() {
     std::fs::write(&hash_file, &b_hash).unwrap();
     let env = vec![("DGP_SECURE_COOKIES", "false".to_string())];
     let b = start_proxy_in(&data, None, &env, Some(dir)).await;
-    let cb = login(&b.url(), "pw-b").await;
-    let other = login(&b.url(), "pw-b").await;
+    let cb = admin_login(&b.url(), "pw-b").await;
+    let other = admin_login(&b.url(), "pw-b").await;
 
     // A hash that is not bcrypt is refused with the other validation, before any change.
     let bad = with_secrets(&parts, |s| {
@@ -434,7 +375,7 @@ async fn import_restores_the_bootstrap_password() {
         "{v}"
     );
     assert!(user_names(&b.url(), &cb).await.is_empty());
-    assert_eq!(login_status(&b.url(), "pw-b").await, 200);
+    assert_eq!(admin_login_response(&b.url(), "pw-b").await.status(), 200);
 
     // The hash file cannot be written (a directory stands in its place): the commit point
     // fails, so nothing of the import is applied and the old password and store stay.
@@ -444,7 +385,7 @@ async fn import_restores_the_bootstrap_password() {
     let (s, v) = import(&b.url(), &cb, zip_bytes.clone()).await;
     assert_eq!((s, &v), (500, &json!({"error": "persist_failed"})));
     assert!(user_names(&b.url(), &cb).await.is_empty());
-    assert_eq!(login_status(&b.url(), "pw-a").await, 401);
+    assert_eq!(admin_login_response(&b.url(), "pw-a").await.status(), 401);
     assert!(
         !files_under(&data).iter().any(|f| f.contains(".rekey")),
         "{:?}",
@@ -469,8 +410,8 @@ async fn import_restores_the_bootstrap_password() {
                "memberships_created": 0, "external_identities_created": 0,
                "external_identities_skipped": 0, "bootstrap_password_restored": true})
     );
-    assert_eq!(login_status(&b.url(), "pw-a").await, 200);
-    assert_eq!(login_status(&b.url(), "pw-b").await, 401);
+    assert_eq!(admin_login_response(&b.url(), "pw-a").await.status(), 200);
+    assert_eq!(admin_login_response(&b.url(), "pw-b").await.status(), 401);
     assert_eq!(user_names(&b.url(), &cb).await, vec!["yara".to_string()]);
     let r = reqwest::Client::new()
         .get(format!("{}/_/api/admin/users", b.url()))
@@ -516,8 +457,8 @@ async fn import_restores_the_bootstrap_password() {
     let keep = b.keep.take();
     drop(b);
     let b2 = start_proxy_in(&data, None, &env, keep).await;
-    assert_eq!(login_status(&b2.url(), "pw-b").await, 401);
-    let c2 = login(&b2.url(), "pw-a").await;
+    assert_eq!(admin_login_response(&b2.url(), "pw-b").await.status(), 401);
+    let c2 = admin_login(&b2.url(), "pw-a").await;
     assert_eq!(
         get_bytes(&b2.client_as("YARAK", "yara-secret-1234"), "bkt", "f.txt").await,
         b"restored"
@@ -529,7 +470,7 @@ async fn import_restores_the_bootstrap_password() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["bootstrap_password_restored"], false, "{v}");
     assert_eq!(v["users_skipped"], 1, "{v}");
-    assert_eq!(login_status(&b2.url(), "pw-a").await, 200);
+    assert_eq!(admin_login_response(&b2.url(), "pw-a").await.status(), 200);
 }
 
 #[tokio::test]
@@ -557,11 +498,11 @@ access:
 "#,
     )
     .unwrap();
-    let mut env = env_with("pw-d");
+    let mut env = bootstrap_env("pw-d");
     env.push(("DGP_CONFIG", cfg.to_str().unwrap().to_string()));
     let p = start_proxy(None, &env).await;
     let base = p.url();
-    let c = login(&base, "pw-d").await;
+    let c = admin_login(&base, "pw-d").await;
     let http = reqwest::Client::new();
     let zip = http
         .get(format!("{base}/_/api/admin/backup"))
@@ -574,67 +515,29 @@ access:
     let user = json!({"name": "x", "access_key_id": "XAK"});
     let group = json!({"name": "g"});
     let member = json!({"user_id": "ALICEAK"});
-    let cases: Vec<(reqwest::Method, String, Option<Value>)> = vec![
+    let cases: Vec<(Method, &str, Option<Value>)> = vec![
+        (Method::POST, "/_/api/admin/users", Some(user.clone())),
+        (Method::PUT, "/_/api/admin/users/ALICEAK", Some(user)),
+        (Method::DELETE, "/_/api/admin/users/ALICEAK", None),
+        (Method::POST, "/_/api/admin/users/ALICEAK/rotate-keys", None),
+        (Method::POST, "/_/api/admin/groups", Some(group.clone())),
+        (Method::PUT, "/_/api/admin/groups/readers", Some(group)),
+        (Method::DELETE, "/_/api/admin/groups/readers", None),
         (
-            reqwest::Method::POST,
-            "/_/api/admin/users".into(),
-            Some(user.clone()),
-        ),
-        (
-            reqwest::Method::PUT,
-            "/_/api/admin/users/ALICEAK".into(),
-            Some(user),
-        ),
-        (
-            reqwest::Method::DELETE,
-            "/_/api/admin/users/ALICEAK".into(),
-            None,
-        ),
-        (
-            reqwest::Method::POST,
-            "/_/api/admin/users/ALICEAK/rotate-keys".into(),
-            None,
-        ),
-        (
-            reqwest::Method::POST,
-            "/_/api/admin/groups".into(),
-            Some(group.clone()),
-        ),
-        (
-            reqwest::Method::PUT,
-            "/_/api/admin/groups/readers".into(),
-            Some(group),
-        ),
-        (
-            reqwest::Method::DELETE,
-            "/_/api/admin/groups/readers".into(),
-            None,
-        ),
-        (
-            reqwest::Method::POST,
-            "/_/api/admin/groups/readers/members".into(),
+            Method::POST,
+            "/_/api/admin/groups/readers/members",
             Some(member),
         ),
         (
-            reqwest::Method::DELETE,
-            "/_/api/admin/groups/readers/members/ALICEAK".into(),
+            Method::DELETE,
+            "/_/api/admin/groups/readers/members/ALICEAK",
             None,
         ),
     ];
     for (m, path, body) in cases {
-        let mut rb = http
-            .request(m.clone(), format!("{base}{path}"))
-            .header("cookie", &c);
-        if let Some(b) = body {
-            rb = rb.json(&b);
-        }
-        let r = rb.send().await.unwrap();
-        assert_eq!(r.status(), 403, "{m} {path}");
-        assert_eq!(
-            r.json::<Value>().await.unwrap(),
-            json!({"error": "iam_declarative"}),
-            "{m} {path}"
-        );
+        let (s, v) = admin_call(m.clone(), format!("{base}{path}"), &c, body).await;
+        assert_eq!(s, 403, "{m} {path}");
+        assert_eq!(v, json!({"error": "iam_declarative"}), "{m} {path}");
     }
     let (s, v) = import(&base, &c, zip).await;
     assert_eq!((s, v), (403, json!({"error": "iam_declarative"})));

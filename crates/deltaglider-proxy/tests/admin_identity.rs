@@ -11,74 +11,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use common::*;
+use reqwest::Method;
 use serde_json::{json, Value};
-
-fn hash(pw: &str) -> String {
-    bcrypt::hash(pw, 4).unwrap()
-}
-
-fn env_with_hash(pw: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("DGP_BOOTSTRAP_PASSWORD_HASH", hash(pw)),
-        ("DGP_SECURE_COOKIES", "false".into()),
-    ]
-}
-
-fn cookie_of(r: &reqwest::Response) -> String {
-    r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-async fn login(base: &str, pw: &str) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{base}/_/api/admin/login"))
-        .json(&json!({ "password": pw }))
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn login_cookie(base: &str, pw: &str) -> String {
-    let r = login(base, pw).await;
-    assert_eq!(r.status(), 200);
-    cookie_of(&r)
-}
-
-/// A request with the session cookie; returns (status, JSON body or Null).
-async fn call(
-    method: reqwest::Method,
-    url: String,
-    cookie: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut rb = reqwest::Client::new()
-        .request(method, url)
-        .header("cookie", cookie);
-    if let Some(b) = body {
-        rb = rb.json(&b);
-    }
-    let r = rb.send().await.unwrap();
-    let status = r.status().as_u16();
-    let v = r.json::<Value>().await.unwrap_or(Value::Null);
-    (status, v)
-}
-
-async fn create_user(base: &str, cookie: &str, body: Value) -> String {
-    let (s, v) = call(
-        reqwest::Method::POST,
-        format!("{base}/_/api/admin/users"),
-        cookie,
-        Some(body),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    v["secret_access_key"].as_str().unwrap().to_string()
-}
 
 async fn can_list(p: &Proxy, ak: &str, sk: &str, bucket: &str) -> bool {
     p.client_as(ak, sk)
@@ -130,7 +64,7 @@ async fn generated_password_cli_reset_and_password_change() {
         "{}",
         p.proc.logs()
     );
-    assert_eq!(login(&p.url(), "").await.status(), 401);
+    assert_eq!(admin_login_response(&p.url(), "").await.status(), 401);
     drop(p);
     let p = start_proxy_in(&data, None, &base_env, None).await;
     assert_eq!(hash_file(&data), first);
@@ -146,7 +80,7 @@ async fn generated_password_cli_reset_and_password_change() {
     // Log in with it and create a user: the store is sealed (no secret in the file).
     let p = start_proxy_in(&data, None, &base_env, None).await;
     let base = p.url();
-    let cookie = login_cookie(&base, "cli-password-1").await;
+    let cookie = admin_login(&base, "cli-password-1").await;
     p.client()
         .create_bucket()
         .bucket("bkt")
@@ -173,62 +107,50 @@ async fn generated_password_cli_reset_and_password_change() {
     let mut p = start_proxy_in(&data, None, &base_env, None).await;
     let base = p.url();
     assert!(!can_list(&p, "ERINAK", &erin_sk, "bkt").await);
-    assert_eq!(login(&base, "cli-password-1").await.status(), 401);
+    assert_eq!(
+        admin_login_response(&base, "cli-password-1").await.status(),
+        401
+    );
 
     // PUT /password: wrong current password, too short, then the real change.
-    let mine = login_cookie(&base, "cli-password-2").await;
-    let other = login_cookie(&base, "cli-password-2").await;
+    let mine = admin_login(&base, "cli-password-2").await;
+    let other = admin_login(&base, "cli-password-2").await;
     let frank_sk = create_user(
         &base,
         &mine,
         json!({"name": "frank", "access_key_id": "FRANKAK", "permissions": rules}),
     )
     .await;
-    let url = format!("{base}/_/api/admin/password");
-    let (s, _) = call(
-        reqwest::Method::PUT,
-        url.clone(),
-        &mine,
-        Some(json!({"current_password": "wrong", "new_password": "new-password-3"})),
-    )
-    .await;
+    let change = |current: &str, new: &str| {
+        let body = json!({"current_password": current, "new_password": new});
+        admin_call(
+            Method::PUT,
+            format!("{base}/_/api/admin/password"),
+            &mine,
+            Some(body),
+        )
+    };
+    let (s, _) = change("wrong", "new-password-3").await;
     assert_eq!(s, 401);
-    let (s, _) = call(
-        reqwest::Method::PUT,
-        url.clone(),
-        &mine,
-        Some(json!({"current_password": "cli-password-2", "new_password": "short"})),
-    )
-    .await;
+    let (s, _) = change("cli-password-2", "short").await;
     assert_eq!(s, 422);
-    let (s, v) = call(
-        reqwest::Method::PUT,
-        url.clone(),
-        &mine,
-        Some(json!({"current_password": "cli-password-2", "new_password": "new-password-3"})),
-    )
-    .await;
+    let (s, v) = change("cli-password-2", "new-password-3").await;
     assert_eq!(s, 200, "{v}");
     assert!(bcrypt::verify("new-password-3", hash_file(&data).trim()).unwrap());
     // The other session ended; this one lives on.
-    let (s, _) = call(
-        reqwest::Method::GET,
-        format!("{base}/_/api/admin/users"),
-        &other,
-        None,
-    )
-    .await;
+    let users = format!("{base}/_/api/admin/users");
+    let (s, _) = admin_call(Method::GET, users.clone(), &other, None).await;
     assert_eq!(s, 401);
-    let (s, _) = call(
-        reqwest::Method::GET,
-        format!("{base}/_/api/admin/users"),
-        &mine,
-        None,
-    )
-    .await;
+    let (s, _) = admin_call(Method::GET, users, &mine, None).await;
     assert_eq!(s, 200);
-    assert_eq!(login(&base, "cli-password-2").await.status(), 401);
-    assert_eq!(login(&base, "new-password-3").await.status(), 200);
+    assert_eq!(
+        admin_login_response(&base, "cli-password-2").await.status(),
+        401
+    );
+    assert_eq!(
+        admin_login_response(&base, "new-password-3").await.status(),
+        200
+    );
 
     // The store was re-sealed under the new hash: after a restart frank still signs.
     let keep = p.keep.take();
@@ -243,10 +165,10 @@ async fn generated_password_cli_reset_and_password_change() {
 async fn stale_hash_locks_the_store_until_recover_db() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_path_buf();
-    let first_env = env_with_hash("first-pass");
-    let second_env = env_with_hash("second-pass");
+    let first_env = bootstrap_env("first-pass");
+    let second_env = bootstrap_env("second-pass");
     let p = start_proxy_in(&data, None, &first_env, None).await;
-    let cookie = login_cookie(&p.url(), "first-pass").await;
+    let cookie = admin_login(&p.url(), "first-pass").await;
     p.client()
         .create_bucket()
         .bucket("bkt")
@@ -271,9 +193,9 @@ async fn stale_hash_locks_the_store_until_recover_db() {
         .logs()
         .contains("Failed to open config DB: invalid passphrase"));
     assert!(!can_list(&p, "CAROLAK", &sk, "bkt").await);
-    let cookie = login_cookie(&base, "second-pass").await;
-    let (s, v) = call(
-        reqwest::Method::POST,
+    let cookie = admin_login(&base, "second-pass").await;
+    let (s, v) = admin_call(
+        Method::POST,
         format!("{base}/_/api/admin/users"),
         &cookie,
         Some(json!({"name": "dan", "access_key_id": "DANAK"})),
@@ -288,7 +210,7 @@ async fn stale_hash_locks_the_store_until_recover_db() {
         ),
         ("/_/api/admin/migrate", json!({})),
     ] {
-        let (s, v) = call(
+        let (s, v) = admin_call(
             reqwest::Method::POST,
             format!("{base}{path}"),
             &cookie,
@@ -344,7 +266,7 @@ async fn plaintext_iam_json_is_migrated_into_the_sealed_store() {
         "deleted": [], "groups": {}, "deleted_groups": []
     });
     std::fs::write(data.join("iam.json"), legacy.to_string()).unwrap();
-    let env = env_with_hash("pw-migrate");
+    let env = bootstrap_env("pw-migrate");
     let p = start_proxy_in(&data, None, &env, None).await;
     p.client()
         .create_bucket()
@@ -364,9 +286,9 @@ async fn plaintext_iam_json_is_migrated_into_the_sealed_store() {
 
 #[tokio::test]
 async fn login_as_gating_s3_credentials_rotation_and_membership() {
-    let p = start_proxy(None, &env_with_hash("boot-pass")).await;
+    let p = start_proxy(None, &bootstrap_env("boot-pass")).await;
     let base = p.url();
-    let boot = login_cookie(&base, "boot-pass").await;
+    let boot = admin_login(&base, "boot-pass").await;
     p.client()
         .create_bucket()
         .bucket("bkt")
@@ -403,7 +325,7 @@ async fn login_as_gating_s3_credentials_rotation_and_membership() {
     let viewer = cookie_of(&r);
     let get = |c: String, path: &str| {
         let url = format!("{base}{path}");
-        async move { call(reqwest::Method::GET, url, &c, None).await }
+        async move { admin_call(Method::GET, url, &c, None).await }
     };
     let (_, who) = get(viewer.clone(), "/_/api/whoami").await;
     assert_eq!(who["user"]["name"], "viewer");
@@ -422,20 +344,20 @@ async fn login_as_gating_s3_credentials_rotation_and_membership() {
     assert_eq!(s, 200);
     assert_eq!(v["access_key_id"], "VIEWAK");
     assert_eq!(v["secret_access_key"], viewer_sk.as_str());
-    let (s, _) = call(reqwest::Method::DELETE, creds.clone(), &viewer, None).await;
+    let (s, _) = admin_call(Method::DELETE, creds.clone(), &viewer, None).await;
     assert_eq!(s, 204);
     let (s, _) = get(viewer.clone(), "/_/api/admin/session/s3-credentials").await;
     assert_eq!(s, 404);
-    let (s, _) = call(
-        reqwest::Method::PUT,
+    let (s, _) = admin_call(
+        Method::PUT,
         creds.clone(),
         &viewer,
         Some(json!({"access_key_id": "OPSAK", "secret_access_key": "wrong"})),
     )
     .await;
     assert_eq!(s, 422);
-    let (s, _) = call(
-        reqwest::Method::PUT,
+    let (s, _) = admin_call(
+        Method::PUT,
         creds.clone(),
         &viewer,
         Some(json!({"access_key_id": AK, "secret_access_key": SK})),
@@ -445,7 +367,7 @@ async fn login_as_gating_s3_credentials_rotation_and_membership() {
     let (_, v) = get(viewer.clone(), "/_/api/admin/session/s3-credentials").await;
     assert_eq!(v["access_key_id"], AK);
     // Without a session: 401.
-    let (s, _) = call(reqwest::Method::GET, creds.clone(), "dgp_session=x", None).await;
+    let (s, _) = admin_call(Method::GET, creds.clone(), "dgp_session=x", None).await;
     assert_eq!(s, 401);
 
     // An admin IAM user may use the admin routes.
@@ -462,8 +384,8 @@ async fn login_as_gating_s3_credentials_rotation_and_membership() {
         get_bytes(&p.client_as("VIEWAK", &viewer_sk), "bkt", "f.txt").await,
         b"hello"
     );
-    let (s, v) = call(
-        reqwest::Method::POST,
+    let (s, v) = admin_call(
+        Method::POST,
         format!("{base}/_/api/admin/users/VIEWAK/rotate-keys"),
         &ops,
         None,
@@ -488,8 +410,8 @@ async fn login_as_gating_s3_credentials_rotation_and_membership() {
     );
     let (_, who) = get(viewer.clone(), "/_/api/whoami").await;
     assert_eq!(who["user"]["access_key_id"], new_ak.as_str());
-    let (s, _) = call(
-        reqwest::Method::POST,
+    let (s, _) = admin_call(
+        Method::POST,
         format!("{base}/_/api/admin/users/NOSUCH/rotate-keys"),
         &ops,
         None,
@@ -505,8 +427,8 @@ async fn login_as_gating_s3_credentials_rotation_and_membership() {
         json!({"name": "nobody", "access_key_id": "NOBODYAK"}),
     )
     .await;
-    let (s, _) = call(
-        reqwest::Method::POST,
+    let (s, _) = admin_call(
+        Method::POST,
         format!("{base}/_/api/admin/groups"),
         &boot,
         Some(json!({"name": "readers", "permissions": [{"actions": ["read", "list"], "resources": ["bkt/*"]}]})),
@@ -527,34 +449,24 @@ async fn login_as_gating_s3_credentials_rotation_and_membership() {
     };
     assert!(!reads().await);
     let members = format!("{base}/_/api/admin/groups/readers/members");
-    let (s, v) = call(
-        reqwest::Method::POST,
-        members.clone(),
-        &boot,
-        Some(json!({"user_id": "NOBODYAK"})),
-    )
-    .await;
+    let add_nobody = |url: String| {
+        admin_call(
+            Method::POST,
+            url,
+            &boot,
+            Some(json!({"user_id": "NOBODYAK"})),
+        )
+    };
+    let (s, v) = add_nobody(members.clone()).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["groups"], json!(["readers"]));
-    let (s, _) = call(
-        reqwest::Method::POST,
-        members.clone(),
-        &boot,
-        Some(json!({"user_id": "NOBODYAK"})),
-    )
-    .await;
+    let (s, _) = add_nobody(members).await;
     assert_eq!(s, 409);
-    let (s, _) = call(
-        reqwest::Method::POST,
-        format!("{base}/_/api/admin/groups/missing/members"),
-        &boot,
-        Some(json!({"user_id": "NOBODYAK"})),
-    )
-    .await;
+    let (s, _) = add_nobody(format!("{base}/_/api/admin/groups/missing/members")).await;
     assert_eq!(s, 404);
     assert!(reads().await);
-    let (s, _) = call(
-        reqwest::Method::PUT,
+    let (s, _) = admin_call(
+        Method::PUT,
         format!("{base}/_/api/admin/groups/readers"),
         &boot,
         Some(json!({"name": "readers2", "permissions": [{"actions": ["read", "list"], "resources": ["bkt/*"]}]})),
@@ -572,15 +484,15 @@ async fn login_as_gating_s3_credentials_rotation_and_membership() {
         .clone();
     assert_eq!(nb["groups"], json!(["readers2"]));
     let del = format!("{base}/_/api/admin/groups/readers2/members/NOBODYAK");
-    let (s, _) = call(reqwest::Method::DELETE, del.clone(), &boot, None).await;
+    let (s, _) = admin_call(Method::DELETE, del.clone(), &boot, None).await;
     assert_eq!(s, 204);
     assert!(!reads().await);
-    let (s, _) = call(reqwest::Method::DELETE, del, &boot, None).await;
+    let (s, _) = admin_call(Method::DELETE, del, &boot, None).await;
     assert_eq!(s, 404);
 
     // Deleting the viewer ends its session; demoting ops takes the admin routes away.
-    let (s, _) = call(
-        reqwest::Method::DELETE,
+    let (s, _) = admin_call(
+        Method::DELETE,
         format!("{base}/_/api/admin/users/{new_ak}"),
         &boot,
         None,
@@ -589,8 +501,8 @@ async fn login_as_gating_s3_credentials_rotation_and_membership() {
     assert_eq!(s, 204);
     let (_, who) = get(viewer.clone(), "/_/api/whoami").await;
     assert_eq!(who["user"], Value::Null);
-    let (s, _) = call(
-        reqwest::Method::PUT,
+    let (s, _) = admin_call(
+        Method::PUT,
         format!("{base}/_/api/admin/users/OPSAK"),
         &boot,
         Some(json!({"name": "ops", "access_key_id": "OPSAK",

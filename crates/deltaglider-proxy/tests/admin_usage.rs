@@ -21,20 +21,7 @@ impl Admin {
     async fn login(p: &Proxy) -> Admin {
         let http = reqwest::Client::new();
         let base = p.url();
-        let r = http
-            .post(format!("{base}/_/api/admin/login"))
-            .json(&json!({"password": "pw"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let cookie = r.headers()["set-cookie"]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string();
+        let cookie = admin_login(&base, "pw").await;
         Admin { http, base, cookie }
     }
 

@@ -61,39 +61,6 @@ async fn start() -> (Proxy, tempfile::TempDir) {
     (p, dir)
 }
 
-async fn cookie(http: &reqwest::Client, base: &str) -> String {
-    let r = http
-        .post(format!("{base}/_/api/admin/login"))
-        .json(&json!({"password": "pw"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-async fn call(
-    http: &reqwest::Client,
-    method: Method,
-    url: String,
-    cookie: &str,
-    body: Option<serde_json::Value>,
-) -> (u16, serde_json::Value) {
-    let mut rq = http.request(method, url).header("cookie", cookie);
-    if let Some(b) = body {
-        rq = rq.json(&b);
-    }
-    let r = rq.send().await.unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(serde_json::Value::Null))
-}
-
 /// An anonymous request from `ip` (through X-Forwarded-For); (status, body).
 async fn anon(
     http: &reqwest::Client,
@@ -126,6 +93,8 @@ async fn admission_blocks_enforced_on_s3_requests() {
     );
     let http = reqwest::Client::new();
     let base = p.url();
+    let anon_get = |path: &str| anon(&http, Method::GET, format!("{base}{path}"), None);
+    let thumb = format!("{base}/media/a/thumbs/x.png");
 
     // deny applies to signed requests too (before auth); `continue` placed first exempts the
     // office address, which then takes normal SigV4 auth.
@@ -160,29 +129,11 @@ async fn admission_blocks_enforced_on_s3_requests() {
     put_bytes(&c, "rel", "builds/publicish/app.zip", b"not public").await;
 
     // allow-anonymous on a path glob: GET and HEAD of matching keys only.
-    let (s, body) = anon(
-        &http,
-        Method::GET,
-        format!("{base}/media/a/thumbs/x.png"),
-        None,
-    )
-    .await;
+    let (s, body) = anon_get("/media/a/thumbs/x.png").await;
     assert_eq!((s, body.as_str()), (200, "png bytes"));
-    let (s, _) = anon(
-        &http,
-        Method::HEAD,
-        format!("{base}/media/a/thumbs/x.png"),
-        None,
-    )
-    .await;
+    let (s, _) = anon(&http, Method::HEAD, thumb.clone(), None).await;
     assert_eq!(s, 200);
-    let (s, body) = anon(
-        &http,
-        Method::GET,
-        format!("{base}/media/a/thumbs/x.jpg"),
-        None,
-    )
-    .await;
+    let (s, body) = anon_get("/media/a/thumbs/x.jpg").await;
     assert_eq!(s, 403, "{body}");
     let (s, _) = anon(
         &http,
@@ -193,13 +144,7 @@ async fn admission_blocks_enforced_on_s3_requests() {
     .await;
     assert_eq!(s, 403, "anonymous writes are never admitted");
     // Anonymous LIST under the glob, filtered to the keys it admits.
-    let (s, body) = anon(
-        &http,
-        Method::GET,
-        format!("{base}/media?list-type=2&prefix=a/thumbs/"),
-        None,
-    )
-    .await;
+    let (s, body) = anon_get("/media?list-type=2&prefix=a/thumbs/").await;
     assert_eq!(s, 200, "{body}");
     assert!(
         body.contains("<Key>a/thumbs/x.png</Key>") && !body.contains("x.jpg"),
@@ -207,57 +152,27 @@ async fn admission_blocks_enforced_on_s3_requests() {
     );
     // A deny/reject path_glob matches a LIST only when the prefix itself matches: the bucket
     // root still lists (filtered), `legal/` does not.
-    let (s, body) = anon(
-        &http,
-        Method::GET,
-        format!("{base}/media?list-type=2"),
-        None,
-    )
-    .await;
+    let (s, body) = anon_get("/media?list-type=2").await;
     assert_eq!(s, 200, "{body}");
     assert!(
         !body.contains("legal/doc.txt") && body.contains("a/thumbs/x.png"),
         "{body}"
     );
-    let (s, _) = anon(
-        &http,
-        Method::GET,
-        format!("{base}/media?list-type=2&prefix=legal/"),
-        None,
-    )
-    .await;
+    let (s, _) = anon_get("/media?list-type=2&prefix=legal/").await;
     assert_eq!(s, 451);
 
     // deny by CIDR (v4 and v6) wins over the later allow-anonymous block.
     for ip in ["203.0.113.9", "2001:db8::5"] {
-        let (s, body) = anon(
-            &http,
-            Method::GET,
-            format!("{base}/media/a/thumbs/x.png"),
-            Some(ip),
-        )
-        .await;
+        let (s, body) = anon(&http, Method::GET, thumb.clone(), Some(ip)).await;
         assert_eq!(s, 403, "{ip}");
         assert!(body.contains("<Code>AccessDenied</Code>"), "{body}");
     }
-    let (s, _) = anon(
-        &http,
-        Method::GET,
-        format!("{base}/media/a/thumbs/x.png"),
-        Some("198.51.100.1"),
-    )
-    .await;
+    let (s, _) = anon(&http, Method::GET, thumb.clone(), Some("198.51.100.1")).await;
     assert_eq!(s, 200, "an address outside the CIDRs is not denied");
 
     // reject with a custom status and message, for anonymous and signed requests alike; it
     // comes before the synthesized public-prefix block of `legal/`.
-    let (s, body) = anon(
-        &http,
-        Method::GET,
-        format!("{base}/media/legal/doc.txt"),
-        None,
-    )
-    .await;
+    let (s, body) = anon_get("/media/legal/doc.txt").await;
     assert_eq!(s, 451, "{body}");
     assert!(body.contains("Unavailable for legal reasons"), "{body}");
     let e = c
@@ -270,34 +185,20 @@ async fn admission_blocks_enforced_on_s3_requests() {
     assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(451));
 
     // The synthesized public-prefix block keeps the trailing-slash semantics.
-    let (s, body) = anon(
-        &http,
-        Method::GET,
-        format!("{base}/rel/builds/public/app.zip"),
-        None,
-    )
-    .await;
+    let (s, body) = anon_get("/rel/builds/public/app.zip").await;
     assert_eq!((s, body.as_str()), (200, "public app"));
-    let (s, _) = anon(
-        &http,
-        Method::GET,
-        format!("{base}/rel/builds/publicish/app.zip"),
-        None,
-    )
-    .await;
+    let (s, _) = anon_get("/rel/builds/publicish/app.zip").await;
     assert_eq!(s, 403);
 
     // config_flag: turned on live through the admission section PUT.
-    let ck = cookie(&http, &base).await;
+    let ck = admin_login(&base, "pw").await;
+    let section = format!("{base}/_/api/admin/config/section/admission");
+    let maintenance = |on: bool| {
+        let body = json!({"flags": {"maintenance": on}});
+        admin_call(Method::PUT, section.clone(), &ck, Some(body))
+    };
     put_bytes(&c, "media", "b/file.txt", b"before").await;
-    let (s, v) = call(
-        &http,
-        Method::PUT,
-        format!("{base}/_/api/admin/config/section/admission"),
-        &ck,
-        Some(json!({"flags": {"maintenance": true}})),
-    )
-    .await;
+    let (s, v) = maintenance(true).await;
     assert_eq!(s, 200, "{v}");
     assert!(
         v["applied"]
@@ -318,47 +219,24 @@ async fn admission_blocks_enforced_on_s3_requests() {
     assert_eq!(raw.status().as_u16(), 503);
     assert_eq!(get_bytes(&c, "media", "b/file.txt").await, b"before");
     // The section read shows the blocks as configured (no synthesized ones).
-    let (_, sec) = call(
-        &http,
-        Method::GET,
-        format!("{base}/_/api/admin/config/section/admission"),
-        &ck,
-        None,
-    )
-    .await;
+    let (_, sec) = admin_call(Method::GET, section.clone(), &ck, None).await;
     assert_eq!(sec["blocks"].as_array().unwrap().len(), 6, "{sec}");
     assert_eq!(sec["flags"]["maintenance"], true);
-    let (s, _) = call(
-        &http,
-        Method::PUT,
-        format!("{base}/_/api/admin/config/section/admission"),
-        &ck,
-        Some(json!({"flags": {"maintenance": false}})),
-    )
-    .await;
+    let (s, _) = maintenance(false).await;
     assert_eq!(s, 200);
     put_bytes(&c, "media", "b/file.txt", b"after").await;
 
     // The admission denials are audited.
-    let (_, audit) = call(
-        &http,
-        Method::GET,
-        format!("{base}/_/api/admin/audit"),
-        &ck,
-        None,
-    )
-    .await;
+    let (_, audit) = admin_call(Method::GET, format!("{base}/_/api/admin/audit"), &ck, None).await;
     assert!(audit.to_string().contains("admission_denied"), "{audit}");
 }
 
 #[tokio::test]
 async fn trace_validate_schema_and_flat_config() {
     let (p, dir) = start().await;
-    let http = reqwest::Client::new();
     let base = p.url();
     let trace_url = format!("{base}/_/api/admin/config/trace");
-    let (s, _) = call(
-        &http,
+    let (s, _) = admin_call(
         Method::POST,
         trace_url.clone(),
         "",
@@ -366,7 +244,7 @@ async fn trace_validate_schema_and_flat_config() {
     )
     .await;
     assert_eq!(s, 401, "trace needs a session");
-    let ck = cookie(&http, &base).await;
+    let ck = admin_login(&base, "pw").await;
 
     let cases = [
         (
@@ -401,21 +279,13 @@ async fn trace_validate_schema_and_flat_config() {
         ),
     ];
     for (body, decision, block) in cases {
-        let (s, v) = call(
-            &http,
-            Method::POST,
-            trace_url.clone(),
-            &ck,
-            Some(body.clone()),
-        )
-        .await;
+        let (s, v) = admin_call(Method::POST, trace_url.clone(), &ck, Some(body.clone())).await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["decision"], decision, "{body} -> {v}");
         assert_eq!(v["matched_block"], json!(block), "{body} -> {v}");
         assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
     }
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::GET,
         format!("{trace_url}?method=GET&path=/media/q/thumbs/a.png&authenticated=false"),
         &ck,
@@ -429,12 +299,11 @@ async fn trace_validate_schema_and_flat_config() {
     );
     // A query missing a field, or mistyped, answers 400 in the admin envelope.
     for q in ["path=/a", "method=GET&path=/a&authenticated=maybe"] {
-        let (s, v) = call(&http, Method::GET, format!("{trace_url}?{q}"), &ck, None).await;
+        let (s, v) = admin_call(Method::GET, format!("{trace_url}?{q}"), &ck, None).await;
         assert_eq!(s, 400, "{q} -> {v}");
         assert!(v["error"].is_string(), "{q} -> {v}");
     }
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::GET,
         format!("{base}/_/api/admin/audit?limit=many"),
         &ck,
@@ -443,8 +312,7 @@ async fn trace_validate_schema_and_flat_config() {
     .await;
     assert_eq!(s, 400, "{v}");
     assert!(v["error"].is_string(), "{v}");
-    let (s, _) = call(
-        &http,
+    let (s, _) = admin_call(
         Method::POST,
         trace_url.clone(),
         &ck,
@@ -454,8 +322,7 @@ async fn trace_validate_schema_and_flat_config() {
     assert_eq!(s, 400);
 
     // Validation errors name the block; nothing is applied.
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::PUT,
         format!("{base}/_/api/admin/config/section/admission"),
         &ck,
@@ -464,8 +331,7 @@ async fn trace_validate_schema_and_flat_config() {
     .await;
     assert_eq!(s, 400, "{v}");
     assert!(v.to_string().contains("public-prefix:x"), "{v}");
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::POST,
         format!("{base}/_/api/admin/config/section/admission/validate"),
         &ck,
@@ -476,8 +342,7 @@ async fn trace_validate_schema_and_flat_config() {
     assert!(v.to_string().contains("'dup'"), "{v}");
 
     // Section validate: a dry run with a diff.
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::POST,
         format!("{base}/_/api/admin/config/section/advanced/validate"),
         &ck,
@@ -500,14 +365,7 @@ async fn trace_validate_schema_and_flat_config() {
         paths.contains(&"advanced.max_delta_ratio") && paths.contains(&"advanced.cache_size_mb"),
         "{v}"
     );
-    let (_, flat) = call(
-        &http,
-        Method::GET,
-        format!("{base}/_/api/admin/config"),
-        &ck,
-        None,
-    )
-    .await;
+    let (_, flat) = admin_call(Method::GET, format!("{base}/_/api/admin/config"), &ck, None).await;
     assert_eq!(
         flat["max_delta_ratio"], 0.75,
         "validate applied nothing: {flat}"
@@ -517,8 +375,7 @@ async fn trace_validate_schema_and_flat_config() {
     assert!(!flat.to_string().contains(SK), "{flat}");
 
     // Flat PUT: hot keys apply, the others wait for a restart; both persist.
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::PUT,
         format!("{base}/_/api/admin/config"),
         &ck,
@@ -532,22 +389,14 @@ async fn trace_validate_schema_and_flat_config() {
         json!(["advanced.cache_size_mb"]),
         "{v}"
     );
-    let (_, flat) = call(
-        &http,
-        Method::GET,
-        format!("{base}/_/api/admin/config"),
-        &ck,
-        None,
-    )
-    .await;
+    let (_, flat) = admin_call(Method::GET, format!("{base}/_/api/admin/config"), &ck, None).await;
     assert_eq!(flat["max_delta_ratio"], 0.4, "{flat}");
     let file = std::fs::read_to_string(dir.path().join("cfg.yaml")).unwrap();
     assert!(
         file.contains("cache_size_mb: 2048") && file.contains("legal-hold"),
         "{file}"
     );
-    let (s, _) = call(
-        &http,
+    let (s, _) = admin_call(
         Method::PUT,
         format!("{base}/_/api/admin/config"),
         &ck,
@@ -555,8 +404,7 @@ async fn trace_validate_schema_and_flat_config() {
     )
     .await;
     assert_eq!(s, 400, "read-only settings are refused");
-    let (s, _) = call(
-        &http,
+    let (s, _) = admin_call(
         Method::PUT,
         format!("{base}/_/api/admin/config"),
         &ck,
@@ -566,8 +414,7 @@ async fn trace_validate_schema_and_flat_config() {
     assert_eq!(s, 400);
 
     // JSON Schema.
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::GET,
         format!("{base}/_/api/admin/config/defaults"),
         &ck,
@@ -579,8 +426,7 @@ async fn trace_validate_schema_and_flat_config() {
         v["properties"]["advanced"]["properties"]["max_delta_ratio"]["default"], 0.75,
         "{v}"
     );
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::GET,
         format!("{base}/_/api/admin/config/defaults?section=admission"),
         &ck,
@@ -592,8 +438,7 @@ async fn trace_validate_schema_and_flat_config() {
         v["properties"]["blocks"]["items"]["properties"]["action"].is_object(),
         "{v}"
     );
-    let (s, _) = call(
-        &http,
+    let (s, _) = admin_call(
         Method::GET,
         format!("{base}/_/api/admin/config/defaults?section=bogus"),
         &ck,
@@ -603,8 +448,7 @@ async fn trace_validate_schema_and_flat_config() {
     assert_eq!(s, 404);
 
     // gui -> declarative with no users and no groups is refused (section PUT and apply).
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::PUT,
         format!("{base}/_/api/admin/config/section/access"),
         &ck,
@@ -612,8 +456,7 @@ async fn trace_validate_schema_and_flat_config() {
     )
     .await;
     assert_eq!(s, 422, "{v}");
-    let (s, _) = call(
-        &http,
+    let (s, _) = admin_call(
         Method::POST,
         format!("{base}/_/api/admin/config/apply"),
         &ck,
@@ -622,8 +465,7 @@ async fn trace_validate_schema_and_flat_config() {
     .await;
     assert_eq!(s, 422);
     // With a user it goes through, and the change is logged at warn.
-    let (s, v) = call(
-        &http,
+    let (s, v) = admin_call(
         Method::PUT,
         format!("{base}/_/api/admin/config/section/access"),
         &ck,

@@ -364,30 +364,8 @@ async fn auth_iam_public_prefixes_and_admin_surface() {
             .status(),
         401
     );
-    let bad = http
-        .post(format!("{base}/_/api/admin/login"))
-        .json(&serde_json::json!({"password": "nope"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 401);
-    let ok = http
-        .post(format!("{base}/_/api/admin/login"))
-        .json(&serde_json::json!({"password": "s3cret-admin"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 200);
-    let cookie = ok
-        .headers()
-        .get("set-cookie")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    assert_eq!(admin_login_response(&base, "nope").await.status(), 401);
+    let cookie = admin_login(&base, "s3cret-admin").await;
     let audit: serde_json::Value = http
         .get(format!("{base}/_/api/admin/audit?limit=500"))
         .header("cookie", &cookie)
@@ -482,22 +460,7 @@ async fn gui_mode_admin_creates_users_that_can_sign() {
     .await;
     let http = reqwest::Client::new();
     let base = p.url();
-    let ok = http
-        .post(format!("{base}/_/api/admin/login"))
-        .json(&serde_json::json!({"password": "pw"}))
-        .send()
-        .await
-        .unwrap();
-    let cookie = ok
-        .headers()
-        .get("set-cookie")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = admin_login(&base, "pw").await;
     // Bad bodies answer in the admin envelope with axum's status; without a session the
     // gate answers first, whatever the body.
     let raw = |path: &str, cookie: Option<&str>, body: &'static str| {
@@ -559,18 +522,8 @@ async fn gui_mode_admin_creates_users_that_can_sign() {
     let (s, v) = raw("/_/api/admin/login", None, "{}").await;
     assert_eq!(s, 422, "{v}");
     assert!(v["error"].as_str().unwrap().contains("password"), "{v}");
-    let r = http
-        .post(format!("{base}/_/api/admin/users"))
-        .header("cookie", &cookie)
-        .json(&serde_json::json!({"name": "dave", "access_key_id": "DAVEAK", "permissions": [{"effect": "Allow", "actions": ["read", "list"], "resources": ["pub/*"]}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let secret = r.json::<serde_json::Value>().await.unwrap()["secret_access_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let dave = serde_json::json!({"name": "dave", "access_key_id": "DAVEAK", "permissions": [{"effect": "Allow", "actions": ["read", "list"], "resources": ["pub/*"]}]});
+    let secret = create_user(&base, &cookie, dave).await;
     p.client()
         .create_bucket()
         .bucket("pub")
@@ -608,19 +561,7 @@ async fn gui_mode_admin_creates_users_that_can_sign() {
     assert_eq!(code(&e.into_service_error()), "AccessDenied");
     // Rate limiter: after DGP_RATE_LIMIT_MAX_ATTEMPTS failures even the right password gets 429.
     for _ in 0..3 {
-        let r = http
-            .post(format!("{base}/_/api/admin/login"))
-            .json(&serde_json::json!({"password": "bad"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 401);
+        assert_eq!(admin_login_response(&base, "bad").await.status(), 401);
     }
-    let r = http
-        .post(format!("{base}/_/api/admin/login"))
-        .json(&serde_json::json!({"password": "pw"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 429);
+    assert_eq!(admin_login_response(&base, "pw").await.status(), 429);
 }

@@ -44,50 +44,48 @@ fn lint_exit_codes_and_messages() {
         "good.yaml",
         "admission:\n  blocks:\n    - name: no-bad\n      match: {source_ip_list: [\"10.0.0.0/8\"]}\n      action: deny\nstorage:\n  buckets:\n    r: {public_prefixes: [\"a/\"]}\n",
     );
-    let o = run(d.path(), &["config", "lint", &good], &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    assert!(err(&o).contains("ok"), "{}", err(&o));
+    // Runs the CLI, checks its exit code, returns its stderr.
+    let exits = |args: &[&str], code: i32| {
+        let o = run(d.path(), args, &[]);
+        assert_eq!(o.status.code(), Some(code), "{}", err(&o));
+        err(&o)
+    };
+    let e = exits(&["config", "lint", &good], 0);
+    assert!(e.contains("ok"), "{e}");
 
-    let o = run(d.path(), &["config", "lint", "/nonexistent/dgp.yaml"], &[]);
-    assert_eq!(o.status.code(), Some(3), "{}", err(&o));
-    assert!(err(&o).contains("/nonexistent/dgp.yaml"));
+    let e = exits(&["config", "lint", "/nonexistent/dgp.yaml"], 3);
+    assert!(e.contains("/nonexistent/dgp.yaml"));
 
     let bad_syntax = w("syntax.yaml", "storage: [unclosed\n");
-    let o = run(d.path(), &["config", "lint", &bad_syntax], &[]);
-    assert_eq!(o.status.code(), Some(4), "{}", err(&o));
-    assert!(err(&o).contains("parse error"), "{}", err(&o));
+    let e = exits(&["config", "lint", &bad_syntax], 4);
+    assert!(e.contains("parse error"), "{e}");
 
     let mixed = w("mixed.yaml", "listen_addr: 127.0.0.1:1\nstorage: {}\n");
-    let o = run(d.path(), &["config", "lint", &mixed], &[]);
-    assert_eq!(o.status.code(), Some(4), "{}", err(&o));
-    assert!(err(&o).contains("mixing"), "{}", err(&o));
+    let e = exits(&["config", "lint", &mixed], 4);
+    assert!(e.contains("mixing"), "{e}");
 
     let reserved = w(
         "reserved.yaml",
         "admission:\n  blocks:\n    - name: \"public-prefix:r\"\n      action: deny\n",
     );
-    let o = run(d.path(), &["config", "lint", &reserved], &[]);
-    assert_eq!(o.status.code(), Some(6), "{}", err(&o));
-    assert!(err(&o).contains("'public-prefix:r'"), "{}", err(&o));
+    let e = exits(&["config", "lint", &reserved], 6);
+    assert!(e.contains("'public-prefix:r'"), "{e}");
 
     let bad_cidr = w(
         "cidr.yaml",
         "admission:\n  blocks:\n    - name: office\n      match: {source_ip: 10.0.0.0/40}\n      action: continue\n",
     );
-    let o = run(d.path(), &["config", "lint", &bad_cidr], &[]);
-    assert_eq!(o.status.code(), Some(6), "{}", err(&o));
-    assert!(err(&o).contains("'office'"), "{}", err(&o));
+    let e = exits(&["config", "lint", &bad_cidr], 6);
+    assert!(e.contains("'office'"), "{e}");
 
     let both = w(
         "both.yaml",
         "storage:\n  buckets:\n    r: {public: true, public_prefixes: [a/]}\n",
     );
-    let o = run(d.path(), &["config", "lint", &both], &[]);
-    assert_eq!(o.status.code(), Some(6), "{}", err(&o));
+    exits(&["config", "lint", &both], 6);
 
     // No argument: DGP_CONFIG (here via --config) is the file.
-    let o = run(d.path(), &["--config", &bad_syntax, "config", "lint"], &[]);
-    assert_eq!(o.status.code(), Some(4), "{}", err(&o));
+    exits(&["--config", &bad_syntax, "config", "lint"], 4);
     let o = run(d.path(), &["config", "lint"], &[]);
     assert_eq!(o.status.code(), Some(3), "no file anywhere: {}", err(&o));
 }
@@ -101,19 +99,15 @@ fn migrate_schema_and_defaults() {
         "listen_addr: 127.0.0.1:9100\nmax_delta_ratio: 0.5\naccess_key_id: AK1\nsecret_access_key: SK1\nbuckets:\n  rel: {public_prefixes: [\"b/\"]}\n",
     )
     .unwrap();
-    let o = run(
-        d.path(),
-        &["config", "migrate", flat.to_str().unwrap()],
-        &[],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    let y: serde_json::Value = serde_yaml::from_str(&out(&o)).unwrap();
-    assert_eq!(
-        y["advanced"]["listen_addr"],
-        "127.0.0.1:9100",
-        "{}",
+    // Runs the CLI, checks it exits 0, returns its stdout.
+    let succeeds = |args: &[&str]| {
+        let o = run(d.path(), args, &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", err(&o));
         out(&o)
-    );
+    };
+    let text = succeeds(&["config", "migrate", flat.to_str().unwrap()]);
+    let y: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    assert_eq!(y["advanced"]["listen_addr"], "127.0.0.1:9100", "{text}");
     assert_eq!(y["advanced"]["max_delta_ratio"], 0.5);
     assert_eq!(y["access"]["access_key_id"], "AK1");
     assert_eq!(
@@ -124,13 +118,8 @@ fn migrate_schema_and_defaults() {
     assert!(y.get("listen_addr").is_none());
     // The migrated text lints clean.
     let migrated = d.path().join("migrated.yaml");
-    std::fs::write(&migrated, out(&o)).unwrap();
-    let o = run(
-        d.path(),
-        &["config", "lint", migrated.to_str().unwrap()],
-        &[],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    std::fs::write(&migrated, &text).unwrap();
+    succeeds(&["config", "lint", migrated.to_str().unwrap()]);
 
     let toml = d.path().join("old.toml");
     std::fs::write(
@@ -138,21 +127,14 @@ fn migrate_schema_and_defaults() {
         "[advanced]\ncache_size_mb = 2048\n\n[storage.buckets.pub]\npublic = true\n",
     )
     .unwrap();
-    let o = run(
-        d.path(),
-        &["config", "migrate", toml.to_str().unwrap()],
-        &[],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    let y: serde_json::Value = serde_yaml::from_str(&out(&o)).unwrap();
-    assert_eq!(y["advanced"]["cache_size_mb"], 2048, "{}", out(&o));
+    let text = succeeds(&["config", "migrate", toml.to_str().unwrap()]);
+    let y: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    assert_eq!(y["advanced"]["cache_size_mb"], 2048, "{text}");
     assert_eq!(y["storage"]["buckets"]["pub"]["public"], true);
     let o = run(d.path(), &["config", "migrate", "/nonexistent.toml"], &[]);
     assert_eq!(o.status.code(), Some(3));
 
-    let o = run(d.path(), &["config", "schema"], &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    let s: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    let s: serde_json::Value = serde_json::from_str(&succeeds(&["config", "schema"])).unwrap();
     for sec in ["admission", "access", "storage", "advanced"] {
         assert!(s["properties"][sec]["properties"].is_object(), "{sec}: {s}");
     }
@@ -162,10 +144,9 @@ fn migrate_schema_and_defaults() {
     let o = run(d.path(), &["config", "schema", "--section", "nope"], &[]);
     assert_ne!(o.status.code(), Some(0));
 
-    let o = run(d.path(), &["config", "defaults"], &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    let y: serde_json::Value = serde_yaml::from_str(&out(&o)).unwrap();
-    assert_eq!(y["advanced"]["max_delta_ratio"], 0.75, "{}", out(&o));
+    let text = succeeds(&["config", "defaults"]);
+    let y: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    assert_eq!(y["advanced"]["max_delta_ratio"], 0.75, "{text}");
     assert_eq!(y["advanced"]["max_object_size"], 104857600);
     assert_eq!(y["access"]["iam_mode"], "gui");
 }

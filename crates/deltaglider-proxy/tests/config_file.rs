@@ -85,24 +85,6 @@ async fn build_time_is_reported_by_whoami_metrics_and_the_start_log() {
     assert!(p.proc.logs().contains("deltaglider-proxy starting"));
 }
 
-/// Logs in with the bootstrap password; returns the session cookie.
-async fn admin_cookie(http: &reqwest::Client, base: &str, pw: &str) -> String {
-    let ok = http
-        .post(format!("{base}/_/api/admin/login"))
-        .json(&serde_json::json!({ "password": pw }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 200);
-    ok.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test]
 async fn admin_config_export_section_and_validate() {
     let dir = tempfile::tempdir().unwrap();
@@ -142,7 +124,7 @@ storage:
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let cookie = admin_cookie(&http, &base, "pw").await;
+    let cookie = admin_login(&base, "pw").await;
     let get = |path: String| {
         let http = http.clone();
         let cookie = cookie.clone();
@@ -257,23 +239,6 @@ storage:
     );
 }
 
-/// A logged-in admin JSON call; returns (status, body).
-async fn admin_call(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    cookie: &str,
-    body: Option<serde_json::Value>,
-) -> (u16, serde_json::Value) {
-    let mut rq = http.request(method, url).header("cookie", cookie);
-    if let Some(b) = body {
-        rq = rq.json(&b);
-    }
-    let r = rq.send().await.unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(serde_json::Value::Null))
-}
-
 #[tokio::test]
 async fn admin_config_section_put_and_apply() {
     use reqwest::Method;
@@ -316,11 +281,10 @@ advanced:
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let cookie = admin_cookie(&http, &base, "pw").await;
+    let cookie = admin_login(&base, "pw").await;
 
     // Merge patch: max_delta_ratio 0 is applied live; cache_size_mb (not in the patch) is kept.
     let (s, a) = admin_call(
-        &http,
         Method::PUT,
         sec("advanced"),
         &cookie,
@@ -331,7 +295,7 @@ advanced:
     assert_eq!(a["applied"], json!(["advanced.max_delta_ratio"]), "{a}");
     assert_eq!(a["requires_restart"], json!([]), "{a}");
     assert_eq!(a["persisted"], true, "{a}");
-    let (_, g) = admin_call(&http, Method::GET, sec("advanced"), &cookie, None).await;
+    let (_, g) = admin_call(Method::GET, sec("advanced"), &cookie, None).await;
     assert_eq!(g["max_delta_ratio"], 0.0, "{g}");
     assert_eq!(g["cache_size_mb"], 2048, "{g}");
     // Truly live: with ratio 0 a near-identical second version is stored whole, not as a delta.
@@ -354,7 +318,6 @@ advanced:
 
     // null deletes; a key that is only read at start is reported as needing a restart.
     let (s, a) = admin_call(
-        &http,
         Method::PUT,
         sec("advanced"),
         &cookie,
@@ -368,35 +331,27 @@ advanced:
         json!(["advanced.cache_size_mb"]),
         "{a}"
     );
-    let (_, g) = admin_call(&http, Method::GET, sec("advanced"), &cookie, None).await;
+    let (_, g) = admin_call(Method::GET, sec("advanced"), &cookie, None).await;
     assert!(g["cache_size_mb"].is_null(), "{g}");
     assert_eq!(g["max_delta_ratio"], 0.0, "{g}");
     let text = std::fs::read_to_string(&cfg).unwrap();
     assert!(!text.contains("cache_size_mb"), "{text}");
 
     // Secrets survive a round trip: PUT back the redacted section (secret shown as "").
-    let (_, acc) = admin_call(&http, Method::GET, sec("access"), &cookie, None).await;
+    let (_, acc) = admin_call(Method::GET, sec("access"), &cookie, None).await;
     assert_eq!(acc["iam_users"][0]["secret_access_key"], "", "{acc}");
-    let (s, a) = admin_call(
-        &http,
-        Method::PUT,
-        sec("access"),
-        &cookie,
-        Some(acc.clone()),
-    )
-    .await;
+    let (s, a) = admin_call(Method::PUT, sec("access"), &cookie, Some(acc.clone())).await;
     assert_eq!(s, 200, "{a}");
     assert_eq!(a["requires_restart"], json!([]), "unchanged: {a}");
     let text = std::fs::read_to_string(&cfg).unwrap();
     assert!(text.contains("CI-SUPER-SECRET"), "{text}");
-    let (_, acc2) = admin_call(&http, Method::GET, sec("access"), &cookie, None).await;
+    let (_, acc2) = admin_call(Method::GET, sec("access"), &cookie, None).await;
     assert_eq!(acc, acc2);
 
     // Unknown section → 404; an invalid patch → 400 and nothing changes.
-    let (s, _) = admin_call(&http, Method::PUT, sec("secrets"), &cookie, Some(json!({}))).await;
+    let (s, _) = admin_call(Method::PUT, sec("secrets"), &cookie, Some(json!({}))).await;
     assert_eq!(s, 404);
     let (s, a) = admin_call(
-        &http,
         Method::PUT,
         sec("advanced"),
         &cookie,
@@ -405,13 +360,12 @@ advanced:
     .await;
     assert_eq!(s, 400, "{a}");
     assert_eq!(a["ok"], false, "{a}");
-    let (_, g) = admin_call(&http, Method::GET, sec("advanced"), &cookie, None).await;
+    let (_, g) = admin_call(Method::GET, sec("advanced"), &cookie, None).await;
     assert_eq!(g["max_delta_ratio"], 0.0, "{g}");
 
     // Apply: invalid YAML and a failing validation are 400 {ok:false}, nothing applied.
     let apply = format!("{base}/_/api/admin/config/apply");
     let (s, a) = admin_call(
-        &http,
         Method::POST,
         apply.clone(),
         &cookie,
@@ -420,7 +374,6 @@ advanced:
     .await;
     assert_eq!((s, &a["ok"]), (400, &json!(false)), "{a}");
     let (s, a) = admin_call(
-        &http,
         Method::POST,
         apply.clone(),
         &cookie,
@@ -433,14 +386,7 @@ advanced:
     assert_eq!(reqwest::get(&anon).await.unwrap().status(), 403);
     // A valid document: the bucket policy applies live; the redacted user secret is kept.
     let yaml = "access:\n  iam_users:\n    - name: ci\n      access_key_id: CIKEY\n      secret_access_key: ''\n      permissions: [{effect: Allow, actions: ['*'], resources: ['*']}]\nstorage:\n  buckets:\n    live:\n      public_prefixes: [r/]\nadvanced:\n  max_delta_ratio: 0.5\n";
-    let (s, a) = admin_call(
-        &http,
-        Method::POST,
-        apply,
-        &cookie,
-        Some(json!({"yaml": yaml})),
-    )
-    .await;
+    let (s, a) = admin_call(Method::POST, apply, &cookie, Some(json!({"yaml": yaml}))).await;
     assert_eq!(s, 200, "{a}");
     let applied = a["applied"].to_string();
     assert!(
@@ -468,11 +414,9 @@ async fn admin_config_put_without_a_file_is_live_only() {
     )
     .await;
     let base = p.url();
-    let http = reqwest::Client::new();
-    let cookie = admin_cookie(&http, &base, "pw").await;
+    let cookie = admin_login(&base, "pw").await;
     let url = format!("{base}/_/api/admin/config/section/advanced");
     let (s, a) = admin_call(
-        &http,
         reqwest::Method::PUT,
         url.clone(),
         &cookie,
@@ -483,6 +427,6 @@ async fn admin_config_put_without_a_file_is_live_only() {
     assert_eq!(a["persisted"], false, "{a}");
     assert_eq!(a["applied"][0], "advanced.max_object_size", "{a}");
     assert!(a["warnings"].to_string().contains("not persisted"), "{a}");
-    let (_, g) = admin_call(&http, reqwest::Method::GET, url, &cookie, None).await;
+    let (_, g) = admin_call(reqwest::Method::GET, url, &cookie, None).await;
     assert_eq!(g["max_object_size"], 1234, "{g}");
 }

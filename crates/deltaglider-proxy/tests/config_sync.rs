@@ -11,23 +11,6 @@ const SYNC: &str = "dgp-sync";
 const CAROL_AK: &str = "CAROLAK";
 const CAROL_SK: &str = "carol-secret-key-0123456789";
 
-async fn login(base: &str) -> String {
-    let ok = reqwest::Client::new()
-        .post(format!("{base}/_/api/admin/login"))
-        .json(&serde_json::json!({"password": "pw"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 200);
-    ok.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 /// Whether `p` accepts a LIST of `bucket` signed with carol's keys.
 async fn carol_accepted(p: &Proxy, bucket: &str) -> bool {
     p.client_as(CAROL_AK, CAROL_SK)
@@ -78,20 +61,14 @@ async fn iam_changes_propagate_between_instances_through_the_sync_bucket() {
     assert!(!carol_accepted(&b, "data").await);
 
     let http = reqwest::Client::new();
-    let cookie_a = login(&a.url()).await;
-    let created = http
-        .post(format!("{}/_/api/admin/users", a.url()))
-        .header("cookie", &cookie_a)
-        .json(&serde_json::json!({
-            "name": "carol",
-            "access_key_id": CAROL_AK,
-            "secret_access_key": CAROL_SK,
-            "permissions": [{"actions": ["*"], "resources": ["*"]}],
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    let cookie_a = admin_login(&a.url(), "pw").await;
+    let carol = serde_json::json!({
+        "name": "carol",
+        "access_key_id": CAROL_AK,
+        "secret_access_key": CAROL_SK,
+        "permissions": [{"actions": ["*"], "resources": ["*"]}],
+    });
+    create_user(&a.url(), &cookie_a, carol).await;
     assert!(carol_accepted(&a, "data").await);
     wait_for(&b, "data", true, "proxy B accepting carol").await;
     // The shared object is where the docs say, sealed like the local store (no plaintext
@@ -101,7 +78,7 @@ async fn iam_changes_propagate_between_instances_through_the_sync_bucket() {
         .windows(CAROL_SK.len())
         .any(|w| w == CAROL_SK.as_bytes()));
 
-    let cookie_b = login(&b.url()).await;
+    let cookie_b = admin_login(&b.url(), "pw").await;
     let deleted = http
         .delete(format!("{}/_/api/admin/users/{CAROL_AK}", b.url()))
         .header("cookie", &cookie_b)

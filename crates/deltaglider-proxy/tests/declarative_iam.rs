@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const YAML: &str = r#"
 access:
@@ -28,41 +28,6 @@ access:
         - actions: [read, list]
           resources: ["bkt/*"]
 "#;
-
-async fn login(base: &str) -> String {
-    let r = reqwest::Client::new()
-        .post(format!("{base}/_/api/admin/login"))
-        .json(&json!({ "password": "pw-r" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-async fn send(
-    base: &str,
-    cookie: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Value,
-) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .request(method, format!("{base}{path}"))
-        .header("cookie", cookie)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
-}
 
 async fn can_list(p: &Proxy, ak: &str, sk: &str) -> bool {
     p.client_as(ak, sk)
@@ -88,7 +53,7 @@ async fn access_section_put_reconciles_live_and_audits() {
     ];
     let p = start_proxy(None, &env).await;
     let base = p.url();
-    let c = login(&base).await;
+    let c = admin_login(&base, "pw-r").await;
     p.client_as("BOBAK", "BOBSECRET")
         .create_bucket()
         .bucket("bkt")
@@ -106,12 +71,11 @@ async fn access_section_put_reconciles_live_and_audits() {
              "groups": ["readers"]}
         ]
     });
-    let (s, v) = send(
-        &base,
-        &c,
+    let (s, v) = admin_call(
         reqwest::Method::POST,
-        "/_/api/admin/config/section/access/validate",
-        patch.clone(),
+        format!("{base}/_/api/admin/config/section/access/validate"),
+        &c,
+        Some(patch.clone()),
     )
     .await;
     assert_eq!(s, 200, "{v}");
@@ -124,12 +88,11 @@ async fn access_section_put_reconciles_live_and_audits() {
     assert!(can_list(&p, "ALICEAK", "ALICESECRET").await);
     assert!(!can_list(&p, "CAROLAK", "CAROLSECRET").await);
 
-    let (s, v) = send(
-        &base,
-        &c,
+    let (s, v) = admin_call(
         reqwest::Method::PUT,
-        "/_/api/admin/config/section/access",
-        patch,
+        format!("{base}/_/api/admin/config/section/access"),
+        &c,
+        Some(patch),
     )
     .await;
     assert_eq!(s, 200, "{v}");
@@ -143,12 +106,11 @@ async fn access_section_put_reconciles_live_and_audits() {
     );
     assert!(can_list(&p, "BOBAK", "BOBSECRET").await);
 
-    let (_, audit) = send(
-        &base,
-        &c,
+    let (_, audit) = admin_call(
         reqwest::Method::GET,
-        "/_/api/admin/audit?limit=50",
-        Value::Null,
+        format!("{base}/_/api/admin/audit?limit=50"),
+        &c,
+        None,
     )
     .await;
     let actions: Vec<(String, String)> = audit["entries"]
@@ -181,12 +143,11 @@ async fn access_section_put_reconciles_live_and_audits() {
             {"name": "d1", "access_key_id": "SAMEAK", "secret_access_key": "x"},
             {"name": "d2", "access_key_id": "SAMEAK", "secret_access_key": "y"}]}),
     ] {
-        let (s, v) = send(
-            &base,
-            &c,
+        let (s, v) = admin_call(
             reqwest::Method::PUT,
-            "/_/api/admin/config/section/access",
-            bad.clone(),
+            format!("{base}/_/api/admin/config/section/access"),
+            &c,
+            Some(bad.clone()),
         )
         .await;
         assert!(s == 400 || s == 422, "{bad} -> {s} {v}");

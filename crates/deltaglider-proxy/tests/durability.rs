@@ -504,25 +504,6 @@ async fn upload_part_copy(kind: Kind) {
     assert_eq!(get_bytes(&c, B, key).await, want);
 }
 
-async fn admin_cookie(http: &reqwest::Client, base: &str) -> String {
-    let ok = http
-        .post(format!("{base}/_/api/admin/login"))
-        .json(&serde_json::json!({"password": "s3cret-admin"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 200);
-    ok.headers()
-        .get("set-cookie")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test]
 async fn admin_created_users_survive_restart() {
     let hash = bcrypt::hash("s3cret-admin", 4).unwrap();
@@ -537,24 +518,16 @@ async fn admin_created_users_survive_restart() {
     let base = p.url();
     let http = reqwest::Client::new();
     p.client().create_bucket().bucket(B).send().await.unwrap();
-    let cookie = admin_cookie(&http, &base).await;
+    let cookie = admin_login(&base, "s3cret-admin").await;
     let rw = serde_json::json!([{"effect": "Allow", "actions": ["read", "write", "list"], "resources": [format!("{B}/*")]}]);
     let mut secrets = Vec::new();
     for name in ["erin", "frank", "gina"] {
-        let r = http
-            .post(format!("{base}/_/api/admin/users"))
-            .header("cookie", &cookie)
-            .json(&serde_json::json!({
-                "name": name,
-                "access_key_id": format!("{}AK", name.to_uppercase()),
-                "permissions": rw,
-            }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        let v: serde_json::Value = r.json().await.unwrap();
-        secrets.push(v["secret_access_key"].as_str().unwrap().to_string());
+        let user = serde_json::json!({
+            "name": name,
+            "access_key_id": format!("{}AK", name.to_uppercase()),
+            "permissions": rw,
+        });
+        secrets.push(create_user(&base, &cookie, user).await);
     }
     // frank is deleted, gina gets a new access key (secret kept) and loses write.
     assert_eq!(
@@ -611,20 +584,9 @@ async fn admin_created_users_survive_restart() {
             .status(),
         204
     );
-    let r = http
-        .post(format!("{base}/_/api/admin/users"))
-        .header("cookie", &cookie)
-        .json(
-            &serde_json::json!({"name": "hank", "access_key_id": "HANKAK", "groups": ["readers"]}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let hank_secret = r.json::<serde_json::Value>().await.unwrap()["secret_access_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let hank =
+        serde_json::json!({"name": "hank", "access_key_id": "HANKAK", "groups": ["readers"]});
+    let hank_secret = create_user(&base, &cookie, hank).await;
     let store = std::fs::metadata(p.data.join("deltaglider_config.db")).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
@@ -671,7 +633,7 @@ async fn admin_created_users_survive_restart() {
     let hank = p.client_as("HANKAK", &hank_secret);
     assert_eq!(get_bytes(&hank, B, "erin/a.txt").await, b"hello");
     // The admin API lists the reloaded users (secrets redacted).
-    let cookie = admin_cookie(&http, &base).await;
+    let cookie = admin_login(&base, "s3cret-admin").await;
     let users: serde_json::Value = http
         .get(format!("{base}/_/api/admin/users"))
         .header("cookie", &cookie)

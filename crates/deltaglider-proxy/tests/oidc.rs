@@ -252,26 +252,6 @@ fn location(r: &reqwest::Response) -> String {
         .to_string()
 }
 
-fn session_cookie(r: &reqwest::Response) -> Option<String> {
-    r.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|c| c.starts_with("dgp_session="))
-        .map(|c| c.split(';').next().unwrap().to_string())
-}
-
-async fn password_login(base: &str) -> String {
-    let r = http()
-        .post(format!("{base}/_/api/admin/login"))
-        .json(&json!({"password": "s3cret-admin"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    session_cookie(&r).expect("login cookie")
-}
-
 /// Drives authorize → IdP → callback like a browser; returns the callback response.
 async fn browser_login(base: &str, provider: &str) -> reqwest::Response {
     let c = http();
@@ -319,6 +299,9 @@ impl Admin {
     async fn put(&self, path: &str, b: Value) -> (u16, Value) {
         self.send(reqwest::Method::PUT, path, Some(b)).await
     }
+    async fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
 }
 
 fn user_named<'a>(users: &'a Value, name: &str) -> Option<&'a Value> {
@@ -347,7 +330,7 @@ async fn oidc_login_provisions_maps_and_refuses_bad_tokens() {
     let base = p.url();
     let admin = Admin {
         base: base.clone(),
-        cookie: password_login(&base).await,
+        cookie: admin_login(&base, "s3cret-admin").await,
     };
 
     // Groups the rules map to.
@@ -643,21 +626,10 @@ async fn oidc_login_provisions_maps_and_refuses_bad_tokens() {
         .await;
     assert_eq!(s, 200, "{up}");
     assert_eq!(up["group"], "readers");
-    let (s, _) = admin
-        .send(
-            reqwest::Method::DELETE,
-            &format!("/_/api/admin/ext-auth/mappings/{rid}"),
-            None,
-        )
-        .await;
+    let mapping = format!("/_/api/admin/ext-auth/mappings/{rid}");
+    let (s, _) = admin.delete(&mapping).await;
     assert_eq!(s, 204);
-    let (s, _) = admin
-        .send(
-            reqwest::Method::DELETE,
-            &format!("/_/api/admin/ext-auth/mappings/{rid}"),
-            None,
-        )
-        .await;
+    let (s, _) = admin.delete(&mapping).await;
     assert_eq!(s, 404);
 
     // Provider update without a secret keeps the stored one (the login still works).
@@ -703,7 +675,7 @@ async fn oidc_login_provisions_maps_and_refuses_bad_tokens() {
     let p2 = start_proxy_in(&data, None, &admin_env(), keep).await;
     let admin2 = Admin {
         base: p2.url(),
-        cookie: password_login(&p2.url()).await,
+        cookie: admin_login(&p2.url(), "s3cret-admin").await,
     };
     let (_, ids) = admin2.get("/_/api/admin/ext-auth/identities").await;
     assert_eq!(ids["identities"].as_array().unwrap().len(), 2);
@@ -720,11 +692,7 @@ async fn oidc_login_provisions_maps_and_refuses_bad_tokens() {
 
     // Delete cascades to rules and identity links.
     let (s, _) = admin2
-        .send(
-            reqwest::Method::DELETE,
-            &format!("/_/api/admin/ext-auth/providers/{id}"),
-            None,
-        )
+        .delete(&format!("/_/api/admin/ext-auth/providers/{id}"))
         .await;
     assert_eq!(s, 204);
     let (_, ids) = admin2.get("/_/api/admin/ext-auth/identities").await;
@@ -768,7 +736,7 @@ access:
     let base = p.url();
     let admin = Admin {
         base: base.clone(),
-        cookie: password_login(&base).await,
+        cookie: admin_login(&base, "s3cret-admin").await,
     };
 
     let (_, list) = admin.get("/_/api/admin/ext-auth/providers").await;

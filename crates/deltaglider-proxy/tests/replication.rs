@@ -14,34 +14,6 @@ use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-async fn admin_cookie(http: &reqwest::Client, base: &str, pw: &str) -> String {
-    let ok = http
-        .post(format!("{base}/_/api/admin/login"))
-        .json(&json!({ "password": pw }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 200);
-    ok.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-async fn call(http: &reqwest::Client, method: Method, url: String, cookie: &str) -> (u16, Value) {
-    let r = http
-        .request(method, url)
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
-}
-
 const YAML: &str = r#"
 storage:
   replication:
@@ -87,7 +59,7 @@ async fn replication_rules_copy_skip_pause_and_record() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let cookie = admin_cookie(&http, &base, "pw").await;
+    let cookie = admin_login(&base, "pw").await;
 
     let c = p.client();
     for b in ["src", "dst"] {
@@ -101,11 +73,11 @@ async fn replication_rules_copy_skip_pause_and_record() {
     put_bytes(&c, "src", "builds/notes.bin", &plain).await;
     put_bytes(&c, "src", "other/ignored.bin", b"outside the prefix").await;
 
-    let (s, st) = call(
-        &http,
+    let (s, st) = admin_call(
         Method::GET,
         format!("{base}/_/api/admin/replication"),
         &cookie,
+        None,
     )
     .await;
     assert_eq!(s, 200, "{st}");
@@ -118,7 +90,7 @@ async fn replication_rules_copy_skip_pause_and_record() {
     assert_eq!(names, vec!["auto", "broken", "mirror"]);
 
     // First run copies the three objects under the prefix, through the engine.
-    let (s, run) = call(&http, Method::POST, rule("mirror", "run-now"), &cookie).await;
+    let (s, run) = admin_call(Method::POST, rule("mirror", "run-now"), &cookie, None).await;
     assert_eq!(s, 200, "{run}");
     assert_eq!(
         (
@@ -148,7 +120,7 @@ async fn replication_rules_copy_skip_pause_and_record() {
     assert!(delta.len() < v2.len() as u64 / 10);
 
     // Second run: destination ETags match, nothing copied.
-    let (_, run) = call(&http, Method::POST, rule("mirror", "run-now"), &cookie).await;
+    let (_, run) = admin_call(Method::POST, rule("mirror", "run-now"), &cookie, None).await;
     assert_eq!(
         (&run["copied"], &run["skipped"]),
         (&json!(0), &json!(3)),
@@ -157,7 +129,7 @@ async fn replication_rules_copy_skip_pause_and_record() {
     // A changed source object is copied again.
     let v3 = mutate(&v2, 94);
     put_bytes(&c, "src", "builds/app-2.zip", &v3).await;
-    let (_, run) = call(&http, Method::POST, rule("mirror", "run-now"), &cookie).await;
+    let (_, run) = admin_call(Method::POST, rule("mirror", "run-now"), &cookie, None).await;
     assert_eq!(
         (&run["copied"], &run["skipped"]),
         (&json!(1), &json!(2)),
@@ -166,15 +138,15 @@ async fn replication_rules_copy_skip_pause_and_record() {
     assert_eq!(get_bytes(&c, "dst", "mirror/app-2.zip").await, v3);
 
     // Pause: run-now is 409 until resume.
-    let (s, v) = call(&http, Method::POST, rule("mirror", "pause"), &cookie).await;
+    let (s, v) = admin_call(Method::POST, rule("mirror", "pause"), &cookie, None).await;
     assert_eq!((s, &v["paused"]), (200, &json!(true)), "{v}");
-    let (s, v) = call(&http, Method::POST, rule("mirror", "run-now"), &cookie).await;
+    let (s, v) = admin_call(Method::POST, rule("mirror", "run-now"), &cookie, None).await;
     assert_eq!(s, 409, "{v}");
-    let (_, st) = call(
-        &http,
+    let (_, st) = admin_call(
         Method::GET,
         format!("{base}/_/api/admin/replication"),
         &cookie,
+        None,
     )
     .await;
     let mirror = st["rules"]
@@ -186,17 +158,17 @@ async fn replication_rules_copy_skip_pause_and_record() {
         .clone();
     assert_eq!(mirror["paused"], true, "{mirror}");
     assert_eq!(mirror["last_run"]["copied"], 1, "{mirror}");
-    let (s, _) = call(&http, Method::POST, rule("mirror", "resume"), &cookie).await;
+    let (s, _) = admin_call(Method::POST, rule("mirror", "resume"), &cookie, None).await;
     assert_eq!(s, 200);
-    let (s, _) = call(&http, Method::POST, rule("mirror", "run-now"), &cookie).await;
+    let (s, _) = admin_call(Method::POST, rule("mirror", "run-now"), &cookie, None).await;
     assert_eq!(s, 200);
 
     // History: newest first, limited.
-    let (s, h) = call(
-        &http,
+    let (s, h) = admin_call(
         Method::GET,
         format!("{}?limit=2", rule("mirror", "history")),
         &cookie,
+        None,
     )
     .await;
     assert_eq!(s, 200, "{h}");
@@ -206,34 +178,34 @@ async fn replication_rules_copy_skip_pause_and_record() {
     assert_eq!(h[0]["trigger"], "manual");
 
     // Failures: a destination bucket that does not exist.
-    let (s, run) = call(&http, Method::POST, rule("broken", "run-now"), &cookie).await;
+    let (s, run) = admin_call(Method::POST, rule("broken", "run-now"), &cookie, None).await;
     assert_eq!(s, 200, "{run}");
     assert_eq!(
         (&run["failed"], &run["copied"]),
         (&json!(3), &json!(0)),
         "{run}"
     );
-    let (s, f) = call(
-        &http,
+    let (s, f) = admin_call(
         Method::GET,
         format!("{}?limit=2", rule("broken", "failures")),
         &cookie,
+        None,
     )
     .await;
     assert_eq!(s, 200, "{f}");
     let f = f["failures"].as_array().unwrap();
     assert_eq!(f.len(), 2);
     assert!(f[0]["error"].as_str().unwrap().contains("bucket"), "{f:?}");
-    let (s, _) = call(&http, Method::POST, rule("nope", "run-now"), &cookie).await;
+    let (s, _) = admin_call(Method::POST, rule("nope", "run-now"), &cookie, None).await;
     assert_eq!(s, 404);
-    let (s, _) = call(&http, Method::GET, rule("nope", "history"), &cookie).await;
+    let (s, _) = admin_call(Method::GET, rule("nope", "history"), &cookie, None).await;
     assert_eq!(s, 404);
 
     // The interval rule copies by itself (waits for a scheduled run, bounded).
     put_bytes(&c, "src", "auto/a.bin", b"scheduled copy").await;
     let mut copied = false;
     for _ in 0..120 {
-        let (_, h) = call(&http, Method::GET, rule("auto", "history"), &cookie).await;
+        let (_, h) = admin_call(Method::GET, rule("auto", "history"), &cookie, None).await;
         if h["history"].as_array().is_some_and(|h| {
             h.iter()
                 .any(|r| r["trigger"] == "schedule" && r["copied"] == 1)
@@ -287,12 +259,12 @@ async fn start_on(dir: &std::path::Path, hash: &str) -> Proxy {
     .await
 }
 
-async fn rule_status(http: &reqwest::Client, base: &str, cookie: &str, name: &str) -> Value {
-    let (s, st) = call(
-        http,
+async fn rule_status(base: &str, cookie: &str, name: &str) -> Value {
+    let (s, st) = admin_call(
         Method::GET,
         format!("{base}/_/api/admin/replication"),
         cookie,
+        None,
     )
     .await;
     assert_eq!(s, 200, "{st}");
@@ -306,9 +278,9 @@ async fn rule_status(http: &reqwest::Client, base: &str, cookie: &str, name: &st
 }
 
 /// `POST …/replication/rules/{name}/run-now`: the status and the run record (or error).
-async fn run_now(http: &reqwest::Client, base: &str, cookie: &str, name: &str) -> (u16, Value) {
+async fn run_now(base: &str, cookie: &str, name: &str) -> (u16, Value) {
     let url = format!("{base}/_/api/admin/replication/rules/{name}/run-now");
-    call(http, Method::POST, url, cookie).await
+    admin_call(Method::POST, url, cookie, None).await
 }
 
 async fn delete(c: &aws_sdk_s3::Client, bucket: &str, key: &str) {
@@ -341,7 +313,7 @@ async fn replication_deletes_and_state_across_restarts() {
     let rule = |base: &str, name: &str, op: &str| {
         format!("{base}/_/api/admin/replication/rules/{name}/{op}")
     };
-    let cookie = admin_cookie(&http, &base, "pw").await;
+    let cookie = admin_login(&base, "pw").await;
     let c = p.client();
     for b in ["src", "dst"] {
         c.create_bucket().bucket(b).send().await.unwrap();
@@ -355,11 +327,11 @@ async fn replication_deletes_and_state_across_restarts() {
     put_bytes(&c, "dst", "mirrored.bin", b"prefix-alike, outside").await;
 
     assert_eq!(
-        rule_status(&http, &base, &cookie, "mirror").await["replicate_deletes"],
+        rule_status(&base, &cookie, "mirror").await["replicate_deletes"],
         true
     );
     assert_eq!(
-        rule_status(&http, &base, &cookie, "keep").await["replicate_deletes"],
+        rule_status(&base, &cookie, "keep").await["replicate_deletes"],
         false
     );
     // The config dry run checks the field's type (an unknown field would be ignored), and the
@@ -401,7 +373,7 @@ async fn replication_deletes_and_state_across_restarts() {
         "{export}"
     );
     for name in ["mirror", "keep"] {
-        let (s, run) = run_now(&http, &base, &cookie, name).await;
+        let (s, run) = run_now(&base, &cookie, name).await;
         assert_eq!(s, 200, "{run}");
         assert_eq!(
             (&run["copied"], &run["deleted"], &run["failed"]),
@@ -412,7 +384,7 @@ async fn replication_deletes_and_state_across_restarts() {
 
     // A source delete: the opted-in rule removes its copy, the default rule keeps it.
     delete(&c, "src", "builds/a.zip").await;
-    let (s, run) = run_now(&http, &base, &cookie, "mirror").await;
+    let (s, run) = run_now(&base, &cookie, "mirror").await;
     assert_eq!(s, 200, "{run}");
     assert_eq!(
         (
@@ -435,7 +407,7 @@ async fn replication_deletes_and_state_across_restarts() {
         get_bytes(&c, "dst", "mirrored.bin").await,
         b"prefix-alike, outside"
     );
-    let (s, run) = run_now(&http, &base, &cookie, "keep").await;
+    let (s, run) = run_now(&base, &cookie, "keep").await;
     assert_eq!(s, 200, "{run}");
     assert_eq!(
         (&run["scanned"], &run["deleted"]),
@@ -447,7 +419,7 @@ async fn replication_deletes_and_state_across_restarts() {
     // Deleting the last source object goes through the engine: the destination deltaspace
     // loses its reference too.
     delete(&c, "src", "builds/b.zip").await;
-    let (_, run) = run_now(&http, &base, &cookie, "mirror").await;
+    let (_, run) = run_now(&base, &cookie, "mirror").await;
     assert_eq!(
         (&run["scanned"], &run["deleted"]),
         (&json!(0), &json!(1)),
@@ -468,28 +440,19 @@ async fn replication_deletes_and_state_across_restarts() {
     );
 
     // Pause, then kill -9 and restart on the same data dir: still paused, history kept.
-    let (s, v) = call(&http, Method::POST, rule(&base, "mirror", "pause"), &cookie).await;
+    let (s, v) = admin_call(Method::POST, rule(&base, "mirror", "pause"), &cookie, None).await;
     assert_eq!((s, &v["paused"]), (200, &json!(true)), "{v}");
     drop(p);
     let p = start_on(dir.path(), &hash).await;
     let base = p.url();
-    let cookie = admin_cookie(&http, &base, "pw").await;
-    let mirror = rule_status(&http, &base, &cookie, "mirror").await;
+    let cookie = admin_login(&base, "pw").await;
+    let mirror = rule_status(&base, &cookie, "mirror").await;
     assert_eq!(mirror["paused"], true, "{mirror}");
     assert_eq!(mirror["last_run"]["deleted"], 1, "{mirror}");
-    assert_eq!(
-        rule_status(&http, &base, &cookie, "keep").await["paused"],
-        false
-    );
-    let (s, v) = run_now(&http, &base, &cookie, "mirror").await;
+    assert_eq!(rule_status(&base, &cookie, "keep").await["paused"], false);
+    let (s, v) = run_now(&base, &cookie, "mirror").await;
     assert_eq!(s, 409, "{v}");
-    let (s, h) = call(
-        &http,
-        Method::GET,
-        rule(&base, "mirror", "history"),
-        &cookie,
-    )
-    .await;
+    let (s, h) = admin_call(Method::GET, rule(&base, "mirror", "history"), &cookie, None).await;
     assert_eq!(s, 200, "{h}");
     let deleted: Vec<&Value> = h["history"]
         .as_array()
@@ -498,31 +461,22 @@ async fn replication_deletes_and_state_across_restarts() {
         .map(|r| &r["deleted"])
         .collect();
     assert_eq!(deleted, vec![&json!(1), &json!(1), &json!(0)], "{h}");
-    let (_, h) = call(&http, Method::GET, rule(&base, "keep", "history"), &cookie).await;
+    let (_, h) = admin_call(Method::GET, rule(&base, "keep", "history"), &cookie, None).await;
     assert_eq!(h["history"].as_array().unwrap().len(), 2, "{h}");
 
     // Resume is durable too.
-    let (s, _) = call(
-        &http,
-        Method::POST,
-        rule(&base, "mirror", "resume"),
-        &cookie,
-    )
-    .await;
+    let (s, _) = admin_call(Method::POST, rule(&base, "mirror", "resume"), &cookie, None).await;
     assert_eq!(s, 200);
     drop(p);
     let p = start_on(dir.path(), &hash).await;
     let base = p.url();
-    let cookie = admin_cookie(&http, &base, "pw").await;
-    assert_eq!(
-        rule_status(&http, &base, &cookie, "mirror").await["paused"],
-        false
-    );
-    let (s, run) = run_now(&http, &base, &cookie, "mirror").await;
+    let cookie = admin_login(&base, "pw").await;
+    assert_eq!(rule_status(&base, &cookie, "mirror").await["paused"], false);
+    let (s, run) = run_now(&base, &cookie, "mirror").await;
     assert_eq!((s, &run["deleted"]), (200, &json!(0)), "{run}");
 
     // A corrupt state file is a warning and an empty state, never a start failure.
-    let (s, _) = call(&http, Method::POST, rule(&base, "mirror", "pause"), &cookie).await;
+    let (s, _) = admin_call(Method::POST, rule(&base, "mirror", "pause"), &cookie, None).await;
     assert_eq!(s, 200);
     drop(p);
     let state = dir.path().join("replication_state.json");
@@ -530,8 +484,8 @@ async fn replication_deletes_and_state_across_restarts() {
     std::fs::write(&state, b"{ not json").unwrap();
     let p = start_on(dir.path(), &hash).await;
     let base = p.url();
-    let cookie = admin_cookie(&http, &base, "pw").await;
-    let mirror = rule_status(&http, &base, &cookie, "mirror").await;
+    let cookie = admin_login(&base, "pw").await;
+    let mirror = rule_status(&base, &cookie, "mirror").await;
     assert_eq!(
         (&mirror["paused"], &mirror["last_run"]),
         (&json!(false), &Value::Null),

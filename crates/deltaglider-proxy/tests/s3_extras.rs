@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder;
 use aws_sdk_s3::primitives::ByteStream;
 use common::*;
 
@@ -349,6 +350,18 @@ async fn post_object_on_s3_backend() {
 // ---------------------------------------------------------------------------------------
 // Quotas
 
+/// A CompleteMultipartUpload body naming part 1 with this ETag.
+fn part_one(etag: &str) -> aws_sdk_s3::types::CompletedMultipartUpload {
+    aws_sdk_s3::types::CompletedMultipartUpload::builder()
+        .parts(
+            aws_sdk_s3::types::CompletedPart::builder()
+                .part_number(1)
+                .e_tag(etag)
+                .build(),
+        )
+        .build()
+}
+
 async fn quota_suite(p: &Proxy) {
     let c = p.client();
     c.create_bucket().bucket("quota-b").send().await.unwrap();
@@ -420,16 +433,7 @@ async fn quota_suite(p: &Proxy) {
             .bucket("quota-b")
             .key("m.bin")
             .upload_id(id)
-            .multipart_upload(
-                aws_sdk_s3::types::CompletedMultipartUpload::builder()
-                    .parts(
-                        aws_sdk_s3::types::CompletedPart::builder()
-                            .part_number(1)
-                            .e_tag("\"0123456789abcdef0123456789abcdef\"")
-                            .build(),
-                    )
-                    .build(),
-            )
+            .multipart_upload(part_one("\"0123456789abcdef0123456789abcdef\""))
             .send()
             .await
             .unwrap_err()
@@ -504,16 +508,7 @@ async fn quota_suite(p: &Proxy) {
         .bucket("quota-b")
         .key("m.bin")
         .upload_id(id)
-        .multipart_upload(
-            aws_sdk_s3::types::CompletedMultipartUpload::builder()
-                .parts(
-                    aws_sdk_s3::types::CompletedPart::builder()
-                        .part_number(1)
-                        .e_tag(part.e_tag().unwrap())
-                        .build(),
-                )
-                .build(),
-        )
+        .multipart_upload(part_one(part.e_tag().unwrap()))
         .send()
         .await
         .unwrap();
@@ -850,44 +845,24 @@ async fn misc_suite(p: &Proxy, up: Option<&S3sFs>) {
     assert_eq!(plain.cache_control(), None);
 
     // Conditional PUT: If-None-Match: * refuses an overwrite, If-Match needs the ETag.
-    let e = c
-        .put_object()
-        .bucket("misc")
-        .key("o.txt")
+    let put = |key: &str, body: &[u8]| {
+        c.put_object()
+            .bucket("misc")
+            .key(key)
+            .body(body.to_vec().into())
+    };
+    let refused = |rq: PutObjectFluentBuilder| async move {
+        let e = rq.send().await.unwrap_err();
+        assert_eq!(code(&e.into_service_error()), "PreconditionFailed");
+    };
+    refused(put("o.txt", b"new").if_none_match("*")).await;
+    put("fresh.txt", b"fresh")
         .if_none_match("*")
-        .body(b"new".to_vec().into())
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e.into_service_error()), "PreconditionFailed");
-    c.put_object()
-        .bucket("misc")
-        .key("fresh.txt")
-        .if_none_match("*")
-        .body(b"fresh".to_vec().into())
         .send()
         .await
         .unwrap();
-    let e = c
-        .put_object()
-        .bucket("misc")
-        .key("o.txt")
-        .if_match("\"0123456789abcdef0123456789abcdef\"")
-        .body(b"new".to_vec().into())
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e.into_service_error()), "PreconditionFailed");
-    let e = c
-        .put_object()
-        .bucket("misc")
-        .key("absent.txt")
-        .if_match("*")
-        .body(b"new".to_vec().into())
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e.into_service_error()), "PreconditionFailed");
+    refused(put("o.txt", b"new").if_match("\"0123456789abcdef0123456789abcdef\"")).await;
+    refused(put("absent.txt", b"new").if_match("*")).await;
     let cur = c
         .head_object()
         .bucket("misc")
@@ -895,14 +870,8 @@ async fn misc_suite(p: &Proxy, up: Option<&S3sFs>) {
         .send()
         .await
         .unwrap();
-    c.put_object()
-        .bucket("misc")
-        .key("o.txt")
-        .if_match(cur.e_tag().unwrap())
-        .body(b"new".to_vec().into())
-        .send()
-        .await
-        .unwrap();
+    let etag = cur.e_tag().unwrap();
+    put("o.txt", b"new").if_match(etag).send().await.unwrap();
     assert_eq!(get_bytes(&c, "misc", "o.txt").await, b"new");
 }
 

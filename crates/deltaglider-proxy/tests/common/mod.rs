@@ -1,6 +1,6 @@
 //! Shared test helpers: start the real `deltaglider-proxy` binary on a free port (filesystem
-//! or upstream-S3 backend), start a real `s3s-fs` server for the S3 backend, and build
-//! aws-sdk-s3 clients.
+//! or upstream-S3 backend), start a real `s3s-fs` server for the S3 backend, build
+//! aws-sdk-s3 clients, and log in to / call the admin API.
 
 #![allow(dead_code)]
 
@@ -11,6 +11,7 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::Client;
 use scai_testkit::s3::S3Server;
 use scai_testkit::{free_port, wait_http_ok, ServerProcess};
+use serde_json::{json, Value};
 
 pub const AK: &str = "TESTAK";
 pub const SK: &str = "TESTSECRETKEY";
@@ -219,4 +220,77 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     walk(dir, dir, &mut v);
     v.sort();
     v
+}
+
+/// Environment for an admin-enabled proxy: bootstrap password `pw` (bcrypt cost 4, cheap
+/// for tests) and cookies without `Secure`, since the tests speak plain HTTP.
+pub fn bootstrap_env(pw: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("DGP_BOOTSTRAP_PASSWORD_HASH", bcrypt::hash(pw, 4).unwrap()),
+        ("DGP_SECURE_COOKIES", "false".into()),
+    ]
+}
+
+/// The `dgp_session=…` pair from a response's `set-cookie` headers, if one was set.
+pub fn session_cookie(r: &reqwest::Response) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("dgp_session="))
+        .map(|c| c.split(';').next().unwrap().to_string())
+}
+
+/// The session cookie a successful login must have set.
+pub fn cookie_of(r: &reqwest::Response) -> String {
+    session_cookie(r).expect("a dgp_session cookie")
+}
+
+/// POSTs the bootstrap-password login; the raw response, for tests of refusals.
+pub async fn admin_login_response(base: &str, pw: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}/_/api/admin/login"))
+        .json(&json!({ "password": pw }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Logs in with the bootstrap password (must answer 200); returns the session cookie.
+pub async fn admin_login(base: &str, pw: &str) -> String {
+    let r = admin_login_response(base, pw).await;
+    assert_eq!(r.status(), 200);
+    cookie_of(&r)
+}
+
+/// An admin API request with the session cookie and an optional JSON body; returns
+/// (status, JSON body or Null).
+pub async fn admin_call(
+    method: reqwest::Method,
+    url: String,
+    cookie: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut rq = reqwest::Client::new()
+        .request(method, url)
+        .header("cookie", cookie);
+    if let Some(b) = body {
+        rq = rq.json(&b);
+    }
+    let r = rq.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Creates an IAM user through the admin API (must answer 201); returns its secret key.
+pub async fn create_user(base: &str, cookie: &str, body: Value) -> String {
+    let (s, v) = admin_call(
+        reqwest::Method::POST,
+        format!("{base}/_/api/admin/users"),
+        cookie,
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    v["secret_access_key"].as_str().unwrap().to_string()
 }
