@@ -60,6 +60,18 @@ impl Progress<'_> {
     }
 }
 
+/// The server refused the token on /v1/sync: retrying cannot help, the user must refresh it.
+#[derive(Debug)]
+struct TokenRefused;
+
+impl std::fmt::Display for TokenRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("token refused (401): refresh it and restart")
+    }
+}
+
+impl std::error::Error for TokenRefused {}
+
 pub async fn run(server: &str, token: &str, state: &Path, max: Option<u64>) -> anyhow::Result<()> {
     let base = server.trim_end_matches('/');
     let ws_base = if let Some(rest) = base.strip_prefix("https://") {
@@ -92,7 +104,7 @@ pub async fn run(server: &str, token: &str, state: &Path, max: Option<u64>) -> a
                     .send()
                     .await?;
                 if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
-                    anyhow::bail!("token refused (401): refresh it and restart");
+                    return Err(TokenRefused.into());
                 }
                 let body: Value = resp.error_for_status()?.json().await?;
                 let data = &body["data"];
@@ -110,7 +122,9 @@ pub async fn run(server: &str, token: &str, state: &Path, max: Option<u64>) -> a
         match synced {
             Ok(true) => return Ok(()),
             Ok(false) => {}
-            Err(e) if e.to_string().contains("401") => return Err(e),
+            // Typed, not matched on the message: a URL in a transport error can contain "401"
+            // (port 40129 did), which once made a refused connection look like a bad token.
+            Err(e) if e.is::<TokenRefused>() => return Err(e),
             Err(e) => {
                 eprintln!("sync failed: {e}");
                 failures += 1;
