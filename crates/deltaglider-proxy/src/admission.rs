@@ -146,13 +146,13 @@ impl BlockAction {
 
 /// An IP network (a bare address is a /32 or /128).
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Cidr {
+pub(crate) struct Cidr {
     net: IpAddr,
     bits: u8,
 }
 
 impl Cidr {
-    fn parse(s: &str) -> Result<Cidr, String> {
+    pub(crate) fn parse(s: &str) -> Result<Cidr, String> {
         let (addr, bits) = match s.trim().split_once('/') {
             Some((a, b)) => (a, Some(b)),
             None => (s.trim(), None),
@@ -175,7 +175,7 @@ impl Cidr {
         })
     }
 
-    fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         let (a, b, width) = match (self.net, ip) {
             (IpAddr::V4(n), IpAddr::V4(i)) => (u32::from(n) as u128, u32::from(i) as u128, 32),

@@ -312,6 +312,11 @@ fn validate_declarative_iam(a: &AccessSection) -> Result<(), ProxyError> {
         if !groups.insert(g.name.as_str()) {
             return bad(format!("iam_groups: duplicate group name {:?}", g.name));
         }
+        crate::iam::validate_permissions(
+            &format!("iam_groups: group {:?}", g.name),
+            &g.permissions,
+        )
+        .map_err(|m| ProxyError::Config(format!("access: {m}")))?;
     }
     for u in &a.iam_users {
         if u.name.starts_with('$') || u.name.is_empty() {
@@ -323,6 +328,8 @@ fn validate_declarative_iam(a: &AccessSection) -> Result<(), ProxyError> {
         if !names.insert(u.name.as_str()) {
             return bad(format!("iam_users: duplicate user name {:?}", u.name));
         }
+        crate::iam::validate_permissions(&format!("iam_users: user {:?}", u.name), &u.permissions)
+            .map_err(|m| ProxyError::Config(format!("access: {m}")))?;
         if !keys.insert(u.access_key_id.as_str()) {
             return bad(format!(
                 "iam_users: duplicate access_key_id for user {:?}",

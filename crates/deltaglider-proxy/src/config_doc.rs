@@ -184,6 +184,14 @@ fn permission() -> Value {
         ),
         ("actions", strings()),
         ("resources", strings()),
+        (
+            "conditions",
+            json!({
+                "type": "object",
+                "description": "AWS syntax {Operator: {key: value | [values]}}: String[Not]Equals[IgnoreCase], String[Not]Like, [Not]IpAddress (each optionally ...IfExists) on aws:SourceIp or s3:prefix",
+                "additionalProperties": {"type": "object", "additionalProperties": {"anyOf": [t("string"), strings()]}}
+            }),
+        ),
     ])
 }
 

@@ -11,12 +11,71 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ProxyError;
 
+pub mod conditions;
+
+pub use conditions::RequestContext;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Permission {
     #[serde(default = "allow")]
     pub effect: String,
     pub actions: Vec<String>,
     pub resources: Vec<String>,
+    /// AWS-style conditions ([`conditions`]); the rule applies only where they hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<conditions::Conditions>,
+}
+
+impl Permission {
+    /// Refuses what evaluation could not honour exactly: an effect other than Allow/Deny,
+    /// an unknown action, no resources, an unsupported condition.
+    pub fn validate(&self) -> Result<(), String> {
+        if !["allow", "deny"]
+            .iter()
+            .any(|e| self.effect.eq_ignore_ascii_case(e))
+        {
+            return Err(format!(
+                "effect must be Allow or Deny, not {:?}",
+                self.effect
+            ));
+        }
+        if self.actions.is_empty() {
+            return Err("a permission needs at least one action".into());
+        }
+        if let Some(a) = self.actions.iter().find(|a| {
+            !["*", "read", "write", "delete", "list", "admin"]
+                .iter()
+                .any(|k| a.eq_ignore_ascii_case(k))
+        }) {
+            return Err(format!(
+                "unknown action {a:?} (read, write, delete, list, admin or *)"
+            ));
+        }
+        if self.resources.is_empty() || self.resources.iter().any(|r| r.is_empty()) {
+            return Err(
+                "a permission needs non-empty resources (\"bucket/key-glob\" or \"*\")".into(),
+            );
+        }
+        match &self.conditions {
+            Some(c) => conditions::validate(c),
+            None => Ok(()),
+        }
+    }
+
+    fn applies(&self, cx: &RequestContext<'_>) -> bool {
+        self.conditions
+            .as_ref()
+            .is_none_or(|c| conditions::holds(c, cx))
+    }
+}
+
+/// Every permission of a user or group, each error naming its owner and position.
+pub fn validate_permissions(owner: &str, perms: &[Permission]) -> Result<(), String> {
+    for (i, p) in perms.iter().enumerate() {
+        p.validate()
+            .map_err(|e| format!("{owner}: permissions[{i}]: {e}"))?;
+    }
+    Ok(())
 }
 
 fn allow() -> String {
@@ -118,12 +177,12 @@ pub fn glob(pattern: &str, s: &str) -> bool {
     pi == p.len()
 }
 
-fn rule_matches(p: &Permission, action: Action, resource: &str) -> bool {
+fn rule_matches(p: &Permission, action: Action, resource: &str, cx: &RequestContext<'_>) -> bool {
     let act = p
         .actions
         .iter()
         .any(|a| a == "*" || a.eq_ignore_ascii_case(action.as_str()));
-    act && p.resources.iter().any(|r| r == "*" || glob(r, resource))
+    act && p.resources.iter().any(|r| r == "*" || glob(r, resource)) && p.applies(cx)
 }
 
 /// The IAM store: users by access key and groups by name.
@@ -250,14 +309,24 @@ impl Iam {
         rules
     }
 
-    /// Evaluates `action` on `bucket/key` for the user. Deny wins over Allow; no match denies.
-    pub fn evaluate(&self, user: &UserSpec, action: Action, bucket: &str, key: &str) -> Decision {
+    /// Evaluates `action` on `bucket/key` for the user in the request's context (rules whose
+    /// conditions do not hold are skipped). Deny wins over Allow; no match denies.
+    pub fn evaluate(
+        &self,
+        user: &UserSpec,
+        action: Action,
+        bucket: &str,
+        key: &str,
+        cx: &RequestContext<'_>,
+    ) -> Decision {
         if !user.enabled {
             return Decision::Deny;
         }
         let resource = format!("{bucket}/{key}");
         let rules = self.rules_of(user);
-        let matching = rules.iter().filter(|r| rule_matches(r, action, &resource));
+        let matching = rules
+            .iter()
+            .filter(|r| rule_matches(r, action, &resource, cx));
         let mut allowed = false;
         for r in matching {
             if r.effect.eq_ignore_ascii_case("deny") {
@@ -273,26 +342,42 @@ impl Iam {
     }
 
     /// Whether the user may see anything in the bucket (used to admit a LIST before the
-    /// per-key filter runs).
-    pub fn may_list_bucket(&self, user: &UserSpec, bucket: &str) -> bool {
+    /// per-key filter runs): an applicable Allow of list or read somewhere in it, and no
+    /// applicable Deny of listing the bucket itself (`bucket`, `bucket/*` or `*`: a
+    /// "no listing from outside the office" rule answers AccessDenied, not an empty page).
+    pub fn may_list_bucket(&self, user: &UserSpec, bucket: &str, cx: &RequestContext<'_>) -> bool {
         if !user.enabled {
             return false;
         }
-        self.rules_of(user).iter().any(|r| {
-            !r.effect.eq_ignore_ascii_case("deny")
-                && r.actions
+        let rules = self.rules_of(user);
+        let whole = [format!("{bucket}/"), bucket.to_string()];
+        let denied = rules.iter().any(|r| {
+            r.effect.eq_ignore_ascii_case("deny")
+                && whole
                     .iter()
-                    .any(|a| a == "*" || a == "list" || a == "read")
-                && r.resources
-                    .iter()
-                    .any(|res| res == "*" || res.split('/').next().is_some_and(|b| glob(b, bucket)))
-        })
+                    .any(|res| rule_matches(r, Action::List, res, cx))
+        });
+        !denied
+            && rules.iter().any(|r| {
+                !r.effect.eq_ignore_ascii_case("deny")
+                    && r.applies(cx)
+                    && r.actions
+                        .iter()
+                        .any(|a| a == "*" || a == "list" || a == "read")
+                    && r.resources.iter().any(|res| {
+                        res == "*" || res.split('/').next().is_some_and(|b| glob(b, bucket))
+                    })
+            })
     }
 
+    /// Admin (GUI, config, login-as) needs an unconditional `*`/`admin` on `*`: an admin
+    /// session outlives the request it was opened from, so a condition on the request
+    /// (address, prefix) cannot be honoured for it and does not confer admin.
     pub fn is_admin(&self, user: &UserSpec) -> bool {
         user.enabled
             && self.rules_of(user).iter().any(|r| {
                 !r.effect.eq_ignore_ascii_case("deny")
+                    && r.conditions.is_none()
                     && r.actions.iter().any(|a| a == "*" || a == "admin")
                     && r.resources.iter().any(|x| x == "*")
             })
@@ -681,6 +766,7 @@ pub fn bootstrap_user(access_key: &str, secret: &str) -> UserSpec {
             effect: "Allow".into(),
             actions: vec!["*".into()],
             resources: vec!["*".into()],
+            conditions: None,
         }],
     }
 }
@@ -711,6 +797,7 @@ mod tests {
                     effect: "Deny".into(),
                     actions: vec!["read".into()],
                     resources: vec!["b/secret/*".into()],
+                    conditions: None,
                 }],
             }],
         );
@@ -718,32 +805,64 @@ mod tests {
             effect: "Allow".into(),
             actions: vec!["read".into()],
             resources: vec!["b/*".into()],
+            conditions: None,
         }]);
         assert_eq!(
-            iam.evaluate(&u, Action::Read, "b", "public/x.zip"),
+            iam.evaluate(
+                &u,
+                Action::Read,
+                "b",
+                "public/x.zip",
+                &RequestContext::default()
+            ),
             Decision::Allow
         );
         assert_eq!(
-            iam.evaluate(&u, Action::Read, "b", "secret/x.zip"),
+            iam.evaluate(
+                &u,
+                Action::Read,
+                "b",
+                "secret/x.zip",
+                &RequestContext::default()
+            ),
             Decision::Deny
         );
         assert_eq!(
-            iam.evaluate(&u, Action::Write, "b", "public/x.zip"),
+            iam.evaluate(
+                &u,
+                Action::Write,
+                "b",
+                "public/x.zip",
+                &RequestContext::default()
+            ),
             Decision::Deny
         );
         let p = user(vec![Permission {
             effect: "Allow".into(),
             actions: vec!["read".into()],
             resources: vec!["b/public/*".into()],
+            conditions: None,
         }]);
         assert_eq!(
-            iam.evaluate(&p, Action::Read, "b", "publicish/x"),
+            iam.evaluate(
+                &p,
+                Action::Read,
+                "b",
+                "publicish/x",
+                &RequestContext::default()
+            ),
             Decision::Deny
         );
         let mut d = u.clone();
         d.enabled = false;
         assert_eq!(
-            iam.evaluate(&d, Action::Read, "b", "public/x.zip"),
+            iam.evaluate(
+                &d,
+                Action::Read,
+                "b",
+                "public/x.zip",
+                &RequestContext::default()
+            ),
             Decision::Deny
         );
     }

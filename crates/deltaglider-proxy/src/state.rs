@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::audit::AuditRing;
 use crate::config::Config;
 use crate::delta::Engine;
-use crate::iam::{Action, Decision, Iam};
+use crate::iam::{Action, Decision, Iam, RequestContext};
 use crate::multipart::Multipart;
 use crate::s3::auth::Principal;
 
@@ -53,33 +53,52 @@ impl AppState {
                 matches!(action, Action::Read | Action::List)
                     && self.admission.read().anonymous_may_read(bucket, key, *ip)
             }
-            Principal::User(u) => self.iam.evaluate(u, action, bucket, key) == Decision::Allow,
-        }
-    }
-
-    /// Per-key LIST filter: read-or-list permission on the key (or prefix).
-    pub fn can_see(&self, p: &Principal, bucket: &str, key: &str) -> bool {
-        match p {
-            Principal::Open => true,
-            Principal::Anonymous(ip) => self.admission.read().anonymous_may_read(bucket, key, *ip),
-            Principal::User(u) => {
-                self.iam.evaluate(u, Action::List, bucket, key) == Decision::Allow
-                    || self.iam.evaluate(u, Action::Read, bucket, key) == Decision::Allow
+            Principal::User(u, ip) => {
+                let cx = RequestContext {
+                    source_ip: *ip,
+                    prefix: None,
+                };
+                self.iam.evaluate(u, action, bucket, key, &cx) == Decision::Allow
             }
         }
     }
 
-    pub fn can_list_bucket(&self, p: &Principal, bucket: &str) -> bool {
+    /// Per-key LIST filter: read-or-list permission on the key (or prefix), in the context
+    /// of the listing request (`list_prefix` is its `prefix` parameter, for `s3:prefix`).
+    pub fn can_see(&self, p: &Principal, bucket: &str, key: &str, list_prefix: &str) -> bool {
+        match p {
+            Principal::Open => true,
+            Principal::Anonymous(ip) => self.admission.read().anonymous_may_read(bucket, key, *ip),
+            Principal::User(u, ip) => {
+                let cx = RequestContext {
+                    source_ip: *ip,
+                    prefix: Some(list_prefix),
+                };
+                self.iam.evaluate(u, Action::List, bucket, key, &cx) == Decision::Allow
+                    || self.iam.evaluate(u, Action::Read, bucket, key, &cx) == Decision::Allow
+            }
+        }
+    }
+
+    /// Whether a bucket-level listing request may run; `list_prefix` is the `prefix`
+    /// parameter of a ListObjects(V2) (None for the other listing operations).
+    pub fn can_list_bucket(&self, p: &Principal, bucket: &str, list_prefix: Option<&str>) -> bool {
         match p {
             Principal::Open => true,
             Principal::Anonymous(ip) => self.admission.read().anonymous_may_list(bucket, "", *ip),
-            Principal::User(u) => self.iam.may_list_bucket(u, bucket),
+            Principal::User(u, ip) => {
+                let cx = RequestContext {
+                    source_ip: *ip,
+                    prefix: list_prefix,
+                };
+                self.iam.may_list_bucket(u, bucket, &cx)
+            }
         }
     }
 
     pub fn audit_denial(&self, p: &Principal, op: &str, bucket: &str, key: &str) {
         let user = match p {
-            Principal::User(u) => u.name.clone(),
+            Principal::User(u, _) => u.name.clone(),
             Principal::Anonymous(_) => "$anonymous".into(),
             Principal::Open => "$open".into(),
         };

@@ -325,6 +325,7 @@ async fn migrate(
             effect: "Allow".into(),
             actions: vec!["*".into()],
             resources: vec!["*".into()],
+            conditions: None,
         }],
     };
     {

@@ -70,10 +70,17 @@ fn check_name(name: &str) -> Result<(), Response> {
 
 const RESERVED: &str = "names starting with $ are reserved";
 
+/// 422 naming the first permission the evaluator could not honour exactly.
+fn check_permissions(perms: &[crate::iam::Permission]) -> Result<(), Response> {
+    crate::iam::validate_permissions("permissions", perms)
+        .map_err(|e| err(StatusCode::UNPROCESSABLE_ENTITY, &e))
+}
+
 /// A user from the API: its name as [`check_name`], and an access key id to sign with (an
 /// empty one could never sign; backup import skips such users too).
 fn check_user(u: &UserSpec) -> Result<(), Response> {
     check_name(&u.name)?;
+    check_permissions(&u.permissions)?;
     if u.access_key_id.trim().is_empty() {
         return Err(err(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -234,7 +241,7 @@ async fn create_group(
     if let Err(r) = declarative_guard(&st) {
         return r;
     }
-    if let Err(r) = check_name(&g.name) {
+    if let Err(r) = check_name(&g.name).and_then(|_| check_permissions(&g.permissions)) {
         return r;
     }
     {
@@ -263,7 +270,7 @@ async fn update_group(
     if let Err(r) = declarative_guard(&st) {
         return r;
     }
-    if let Err(r) = check_name(&g.name) {
+    if let Err(r) = check_name(&g.name).and_then(|_| check_permissions(&g.permissions)) {
         return r;
     }
     {

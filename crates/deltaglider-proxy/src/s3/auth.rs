@@ -23,7 +23,8 @@ pub enum Principal {
     Anonymous(Option<std::net::IpAddr>),
     /// `DGP_AUTHENTICATION=none`: everything is allowed.
     Open,
-    User(Box<UserSpec>),
+    /// A signed request: the user and the client address its conditions see (`aws:SourceIp`).
+    User(Box<UserSpec>, Option<std::net::IpAddr>),
 }
 
 pub struct Auth(pub Arc<AppState>);
@@ -198,19 +199,30 @@ impl S3Access for Access {
                 *t.0.lock() = Some(sig);
             }
         }
-        let principal = Principal::User(Box::new(user));
+        let principal = Principal::User(Box::new(user), adm.as_ref().and_then(|a| a.source_ip));
         let action = Action::of_op(op);
+        // `s3:prefix` exists for the listing operations only ("" when the request has none).
+        let list_prefix = matches!(op, "ListObjects" | "ListObjectsV2").then(|| {
+            cx.uri()
+                .query()
+                .and_then(|q| {
+                    url::form_urlencoded::parse(q.as_bytes())
+                        .find(|(k, _)| k == "prefix")
+                        .map(|(_, v)| v.into_owned())
+                })
+                .unwrap_or_default()
+        });
         let ok = match (op, cx.s3_path()) {
             (_, S3Path::Root) => true,
             // The key of a browser form upload is a form field the access layer cannot see:
             // the signature is verified by now, and the handler decides on the key.
             ("PostObject", _) => true,
             ("DeleteObjects", _) => {
-                st.can_list_bucket(&principal, &bucket)
+                st.can_list_bucket(&principal, &bucket, None)
                     || st.allowed(&principal, Action::Delete, &bucket, "")
             }
             (_, S3Path::Bucket { .. }) if action == Action::List => {
-                st.can_list_bucket(&principal, &bucket)
+                st.can_list_bucket(&principal, &bucket, list_prefix.as_deref())
             }
             ("CreateBucket", _) => st.allowed(&principal, Action::Write, &bucket, ""),
             ("DeleteBucket", _) => st.allowed(&principal, Action::Delete, &bucket, ""),
@@ -218,7 +230,7 @@ impl S3Access for Access {
         };
         if !ok {
             let name = match &principal {
-                Principal::User(u) => u.name.clone(),
+                Principal::User(u, _) => u.name.clone(),
                 _ => String::new(),
             };
             st.audit

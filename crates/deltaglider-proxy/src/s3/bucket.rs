@@ -31,7 +31,7 @@ pub(super) async fn list_buckets(
     let mut visible = buckets.into_iter().filter(|(b, _)| {
         b.starts_with(prefix.as_str())
             && b.as_str() > after.as_str()
-            && p.state.can_list_bucket(&principal, b)
+            && p.state.can_list_bucket(&principal, b, None)
     });
     let list: Vec<Bucket> = visible
         .by_ref()

@@ -105,7 +105,7 @@ async fn list_page(
     let max = max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
     let filtered = AtomicBool::new(false);
     let visible = |k: &str| {
-        let ok = p.state.can_see(principal, bucket, k);
+        let ok = p.state.can_see(principal, bucket, k, prefix);
         if !ok {
             filtered.store(true, Ordering::Relaxed);
         }

@@ -67,7 +67,7 @@ pub(super) async fn handle(
     p.usage.wrote(p, &bucket, old, meta.file_size);
     // Browser uploads act on a credential delegated through a policy: keep a trace of each.
     let user = match &principal {
-        Principal::User(u) => u.name.clone(),
+        Principal::User(u, _) => u.name.clone(),
         Principal::Open => "$open".into(),
         Principal::Anonymous(_) => "$anonymous".into(),
     };
