@@ -179,3 +179,130 @@ async fn listing_sizes_stay_right_with_the_metadata_cache() {
     assert_eq!(listing(&c, "lst").await, want);
     assert_eq!(counter(&p, HITS).await, 0.0);
 }
+
+/// Keeps the raw body of the response it sees (the SDK's parser drops elements it does not
+/// know, such as MinIO's `<UserMetadata>`).
+#[derive(Debug, Clone, Default)]
+struct RawBody(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for RawBody {
+    fn name(&self) -> &'static str {
+        "RawBody"
+    }
+
+    fn read_after_deserialization(
+        &self,
+        ctx: &aws_smithy_runtime_api::client::interceptors::context::AfterDeserializationInterceptorContextRef<'_>,
+        _rc: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        if let Some(b) = ctx.response().body().bytes() {
+            *self.0.lock().unwrap() = b.to_vec();
+        }
+        Ok(())
+    }
+}
+
+/// ListObjectsV2 with MinIO's `metadata=true` (a signed request, on both backends): every
+/// key carries `<UserMetadata>` with its content type, its user metadata and the echoed
+/// `dg-*` fields, a delta under its original's digest; without the parameter nothing changes.
+#[tokio::test]
+async fn list_v2_metadata_true_returns_each_keys_metadata() {
+    let up = S3sFs::start("list_v2_metadata_true_returns_each_keys_metadata").await;
+    for upstream in [None, up.as_ref()] {
+        let p = start_proxy(upstream, &[]).await;
+        let c = p.client();
+        c.create_bucket().bucket("mdl").send().await.unwrap();
+        let v1 = bytes(11, 200_000);
+        let v2 = mutate(&v1, 12);
+        for (key, data, ct) in [
+            ("r/a.zip", &v1, "application/zip"),
+            ("r/b.zip", &v2, "application/zip"),
+            ("r/n.txt", &b"note & <text>".to_vec(), "text/plain"),
+        ] {
+            c.put_object()
+                .bucket("mdl")
+                .key(key)
+                .content_type(ct)
+                .metadata("owner", "team <a&b>")
+                .body(data.clone().into())
+                .send()
+                .await
+                .unwrap();
+        }
+        let raw = RawBody::default();
+        let out = c
+            .list_objects_v2()
+            .bucket("mdl")
+            .prefix("r/")
+            .customize()
+            .mutate_request(|r| {
+                let uri = format!("{}&metadata=true", r.uri());
+                r.set_uri(uri).unwrap();
+            })
+            .interceptor(raw.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.contents().len(), 3);
+        let xml = String::from_utf8(raw.0.lock().unwrap().clone()).unwrap();
+        let contents: Vec<&str> = xml.split("<Contents>").skip(1).collect();
+        assert_eq!(contents.len(), 3, "{xml}");
+        let sha = |b: &[u8]| {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(b))
+        };
+        for (entry, key, data, ct) in [
+            (contents[0], "r/a.zip", &v1, "application/zip"),
+            (contents[1], "r/b.zip", &v2, "application/zip"),
+            (
+                contents[2],
+                "r/n.txt",
+                &b"note & <text>".to_vec(),
+                "text/plain",
+            ),
+        ] {
+            assert!(entry.contains(&format!("<Key>{key}</Key>")), "{entry}");
+            let um = entry
+                .split_once("<UserMetadata>")
+                .and_then(|(_, r)| r.split_once("</UserMetadata>"))
+                .map(|(m, _)| m)
+                .unwrap_or_else(|| panic!("no UserMetadata in {entry}"));
+            assert!(
+                um.contains(&format!("<content-type>{ct}</content-type>")),
+                "{um}"
+            );
+            assert!(
+                um.contains("<X-Amz-Meta-owner>team &lt;a&amp;b&gt;</X-Amz-Meta-owner>"),
+                "{um}"
+            );
+            assert!(
+                um.contains(&format!(
+                    "<X-Amz-Meta-dg-file-sha256>{}</X-Amz-Meta-dg-file-sha256>",
+                    sha(data)
+                )),
+                "{um}"
+            );
+        }
+        // b.zip is a delta: its metadata says so, under the original's digest above.
+        assert!(
+            contents[1].contains("<X-Amz-Meta-dg-ref-key>"),
+            "{}",
+            contents[1]
+        );
+
+        let plain = RawBody::default();
+        c.list_objects_v2()
+            .bucket("mdl")
+            .customize()
+            .interceptor(plain.clone())
+            .send()
+            .await
+            .unwrap();
+        let xml = String::from_utf8(plain.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            xml.contains("<Key>r/a.zip</Key>") && !xml.contains("UserMetadata"),
+            "{xml}"
+        );
+    }
+}

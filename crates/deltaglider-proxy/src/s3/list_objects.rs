@@ -1,14 +1,20 @@
 //! ListObjects (v1 markers) and ListObjectsV2: the engine's user-visible view (internals
 //! hidden, deltas shown under their original names and sizes), filtered per key by IAM.
-//! A filtered listing carries `x-amz-meta-dg-list-filtered: true`.
+//! A filtered listing carries `x-amz-meta-dg-list-filtered: true`. ListObjectsV2 with
+//! `metadata=true` (MinIO's extension) also gathers each key's metadata, which
+//! [`inject_metadata`] writes into the XML as `<UserMetadata>` (s3s's `Object` has no field
+//! for it).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures::StreamExt;
 
 use http::HeaderValue;
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result};
 
-use super::{etag, perr, ts, Proxy};
+use super::{etag, perr, ts, visible_metadata, Proxy};
 use crate::delta::ListPage;
 use crate::s3::auth::Principal;
 
@@ -52,6 +58,10 @@ pub(super) async fn list_objects_v2(
     req: S3Request<ListObjectsV2Input>,
 ) -> S3Result<S3Response<ListObjectsV2Output>> {
     let principal = Proxy::principal(&req);
+    let with_metadata = req.uri.query().is_some_and(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .any(|(k, v)| k == "metadata" && v.eq_ignore_ascii_case("true"))
+    });
     let i = req.input;
     let prefix = i.prefix.clone().unwrap_or_default();
     // Continuation tokens are user-visible keys; the later of token and start-after wins.
@@ -89,7 +99,98 @@ pub(super) async fn list_objects_v2(
         ..Default::default()
     });
     mark_filtered(&mut resp.headers, filtered);
+    if with_metadata {
+        let bucket = resp.output.name.clone().unwrap_or_default();
+        resp.extensions
+            .insert(listed_metadata(p, &bucket, &page).await);
+    }
     Ok(resp)
+}
+
+/// Per listed key, in listing order, the pairs `metadata=true` shows: `content-type` and
+/// `X-Amz-Meta-<k>` for every field a HEAD echoes (user metadata and the `dg-*` fields).
+#[derive(Clone)]
+pub struct ListedMetadata(Arc<Vec<Vec<(String, String)>>>);
+
+async fn listed_metadata(p: &Proxy, bucket: &str, page: &ListPage) -> ListedMetadata {
+    // Owned keys and handles: a future borrowing the page would not be `Send` for every
+    // lifetime, which the S3 trait's boxed future requires.
+    let keys: Vec<String> = page.objects.iter().map(|e| e.key.clone()).collect();
+    let all = futures::stream::iter(keys)
+        .map(|key| {
+            let engine = p.state.engine.clone();
+            let bucket = bucket.to_string();
+            async move { metadata_pairs(&engine, &bucket, &key).await }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    ListedMetadata(Arc::new(all))
+}
+
+async fn metadata_pairs(
+    engine: &crate::delta::Engine,
+    bucket: &str,
+    key: &str,
+) -> Vec<(String, String)> {
+    // A key deleted since the listing read it shows no metadata rather than failing the
+    // whole page.
+    let Ok(r) = engine.resolve(bucket, key).await else {
+        return Vec::new();
+    };
+    let mut pairs = Vec::new();
+    if let Some(ct) = &r.meta.content_type {
+        pairs.push(("content-type".to_string(), ct.clone()));
+    }
+    pairs.extend(
+        visible_metadata(&r)
+            .into_iter()
+            .map(|(k, v)| (format!("X-Amz-Meta-{k}"), v)),
+    );
+    pairs
+}
+
+/// Adds `<UserMetadata>` to the n-th `<Contents>` of a serialized ListObjectsV2 result.
+/// A key whose name is not a valid XML element name (S3 allows any header token) is left
+/// out rather than breaking the document.
+pub fn inject_metadata(xml: &str, meta: &ListedMetadata) -> String {
+    let mut out = String::with_capacity(xml.len() + meta.0.len() * 256);
+    let mut rest = xml;
+    for pairs in meta.0.iter() {
+        let Some(at) = rest.find("</Contents>") else {
+            break;
+        };
+        out.push_str(&rest[..at]);
+        out.push_str("<UserMetadata>");
+        for (k, v) in pairs {
+            if k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                out.push_str(&format!("<{k}>{}</{k}>", xml_escape(v)));
+            }
+        }
+        out.push_str("</UserMetadata>");
+        rest = &rest[at..];
+        out.push_str("</Contents>");
+        rest = &rest["</Contents>".len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn xml_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&apos;"),
+            c => o.push(c),
+        }
+    }
+    o
 }
 
 /// One page of the keys `principal` may see; the flag says whether any key was hidden.

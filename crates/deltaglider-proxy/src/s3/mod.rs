@@ -12,7 +12,7 @@ mod copy_object;
 mod delete_object;
 mod get_object;
 mod head_object;
-mod list_objects;
+pub mod list_objects;
 mod multipart;
 mod put_object;
 mod quota;
