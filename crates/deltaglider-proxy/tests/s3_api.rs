@@ -52,10 +52,55 @@ async fn list_keys(c: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<(S
         .collect()
 }
 
+/// The headers every S3 answer carries: a fresh random UUID `x-amz-request-id` (on an
+/// error too), and `Accept-Ranges: bytes` on GET/HEAD.
+async fn response_headers(p: &Proxy, c: &aws_sdk_s3::Client) {
+    put_bytes(c, B, "hdr/h.txt", b"headers").await;
+    let url = c
+        .get_object()
+        .bucket(B)
+        .key("hdr/h.txt")
+        .presigned(
+            aws_sdk_s3::presigning::PresigningConfig::expires_in(std::time::Duration::from_secs(
+                300,
+            ))
+            .unwrap(),
+        )
+        .await
+        .unwrap()
+        .uri()
+        .to_string();
+    let http = reqwest::Client::new();
+    let ok = http.get(&url).send().await.unwrap();
+    let denied = http
+        .get(format!("{}/{B}/hdr/h.txt", p.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((ok.status().as_u16(), denied.status().as_u16()), (200, 403));
+    assert_eq!(ok.headers()["accept-ranges"], "bytes");
+    let id = |r: &reqwest::Response| {
+        let v = r.headers()["x-amz-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        uuid::Uuid::parse_str(&v).unwrap_or_else(|e| panic!("{v:?}: {e}"));
+        v
+    };
+    assert_ne!(id(&ok), id(&denied));
+    c.delete_object()
+        .bucket(B)
+        .key("hdr/h.txt")
+        .send()
+        .await
+        .unwrap();
+}
+
 async fn suite(p: &Proxy, up: Option<&S3sFs>) {
     let c = p.client();
     // Buckets.
     c.create_bucket().bucket(B).send().await.unwrap();
+    response_headers(p, &c).await;
     let dup = c.create_bucket().bucket(B).send().await.unwrap_err();
     assert!(format!("{dup:?}").contains("Bucket"), "{dup:?}");
     let lb = c.list_buckets().send().await.unwrap();
