@@ -18,10 +18,57 @@ use bytes::Bytes;
 use crate::error::ProxyError;
 use crate::meta::Codec;
 
+/// Flags on every xdelta3 run, as the existing proxy passes them at HEAD:
+/// - `-D`: no automatic decompression of gzip/xz inputs. Without it xdelta3 encodes the
+///   *decompressed* content of a `.gz`-looking body and recompresses on decode, which
+///   gives different bytes (the SHA-256 check then refuses every GET of the object).
+/// - `-a` only where it works (xdelta3 3.1+): it turns off the BLAKE3 "armor" frame those
+///   versions add by default, so deltas stay plain RFC 3284 VCDIFF that 3.0.x decodes.
+fn common_flags() -> &'static [&'static str] {
+    static FLAGS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+    FLAGS.get_or_init(|| {
+        if armor_flag_works() {
+            &["-D", "-a"]
+        } else {
+            &["-D"]
+        }
+    })
+}
+
+/// The startup probe the existing proxy runs: a real 1-byte encode with `-a`.
+fn armor_flag_works() -> bool {
+    let Ok(dir) = tempfile::tempdir() else {
+        return false;
+    };
+    let (s, t, o) = (
+        dir.path().join("s"),
+        dir.path().join("t"),
+        dir.path().join("o"),
+    );
+    if std::fs::write(&s, b"a").is_err() || std::fs::write(&t, b"b").is_err() {
+        return false;
+    }
+    let ok = std::process::Command::new("xdelta3")
+        .args(["-e", "-f", "-D", "-a", "-s"])
+        .args([&s, &t, &o])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|st| st.success());
+    tracing::debug!(armor_off = ok, "xdelta3 -a probe");
+    ok
+}
+
 /// Runs `xdelta3` on files in `tmp` with a watchdog.
 async fn run_xdelta(args: &[&std::ffi::OsStr], timeout: Duration) -> Result<(), ProxyError> {
     let mut cmd = tokio::process::Command::new("xdelta3");
-    cmd.args(args)
+    let flags = tokio::task::spawn_blocking(common_flags)
+        .await
+        .map_err(|e| ProxyError::Codec(e.to_string()))?;
+    cmd.arg(args[0])
+        .args(flags)
+        .args(&args[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
