@@ -268,6 +268,10 @@ impl EncryptedBackend {
 
 #[async_trait]
 impl Backend for EncryptedBackend {
+    fn decrypts(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }
@@ -348,7 +352,7 @@ impl Backend for EncryptedBackend {
             // Native SSE objects are plain to the proxy: never decrypted, never probed.
             None if meta.encrypted_native.is_some() => Ok(body),
             None => {
-                if body.starts_with(MAGIC) && self.current.is_some() {
+                if body.starts_with(MAGIC) {
                     return Err(ProxyError::Integrity("object body starts with DGE1 but carries no dg-encrypted marker: xattrs may have been stripped during backup/restore".into()));
                 }
                 Ok(body)
@@ -389,7 +393,7 @@ impl Backend for EncryptedBackend {
                 self.inner.get_stream(bucket, key, range).await
             }
             None => {
-                if self.current.is_some() {
+                {
                     let probe = collect(
                         self.inner
                             .get_stream(bucket, key, Some(0..4.min(head.size)))

@@ -109,6 +109,20 @@ async fn proxy_aes_encrypts_at_rest_and_guards_keys() {
         .await
         .unwrap_err();
     assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(500));
+    // A passthrough object too: it is never served as its ciphertext.
+    let e = p3
+        .client()
+        .get_object()
+        .bucket("enc-bkt")
+        .key("r/data.bin")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(500));
+    let body =
+        String::from_utf8_lossy(e.raw_response().unwrap().body().bytes().unwrap_or_default())
+            .to_string();
+    assert!(body.contains("no key is configured"), "{body}");
     drop(p3);
     // Rotation with a legacy shim: old objects read, new writes use the new key.
     std::fs::write(

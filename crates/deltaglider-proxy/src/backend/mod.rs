@@ -43,6 +43,11 @@ pub struct StoredObject {
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
+    /// Whether this backend decrypts proxy-AES objects (the encryption wrapper with a key
+    /// or a legacy shim). A plain backend must refuse them rather than serve ciphertext.
+    fn decrypts(&self) -> bool {
+        false
+    }
     async fn create_bucket(&self, bucket: &str) -> Result<(), ProxyError>;
     async fn delete_bucket(&self, bucket: &str) -> Result<(), ProxyError>;
     async fn bucket_exists(&self, bucket: &str) -> Result<bool, ProxyError>;

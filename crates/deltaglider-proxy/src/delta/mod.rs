@@ -862,6 +862,15 @@ impl Engine {
         if r.physical_key.ends_with('/') {
             return Ok((Body::Bytes(Bytes::new()), false));
         }
+        // A proxy-AES object on a backend without a key (switched to `mode: none`, or to
+        // sse-* without a legacy shim): refuse, never serve the ciphertext as the object.
+        if r.meta.encrypted.is_some() && !be.decrypts() {
+            return Err(ProxyError::Integrity(format!(
+                "object {} is encrypted ({}) but no key is configured for its backend",
+                r.physical_key,
+                r.meta.encrypted.as_deref().unwrap_or_default()
+            )));
+        }
         if r.meta.note() != Note::Delta {
             return Ok((
                 Body::Stream(be.get_stream(&real, &r.physical_key, range).await?),
