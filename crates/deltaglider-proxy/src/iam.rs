@@ -373,12 +373,23 @@ impl Iam {
     /// Admin (GUI, config, login-as) needs an unconditional `*`/`admin` on `*`: an admin
     /// session outlives the request it was opened from, so a condition on the request
     /// (address, prefix) cannot be honoured for it and does not confer admin.
+    /// Deny overrides Allow here too: a Deny of `admin` (any resource), or of `*` on `*`,
+    /// removes admin whatever its conditions (failing closed, for the same reason).
     pub fn is_admin(&self, user: &UserSpec) -> bool {
+        let rules = self.rules_of(user);
+        let deny = |r: &Permission| {
+            r.effect.eq_ignore_ascii_case("deny")
+                && (r.actions.iter().any(|a| a.eq_ignore_ascii_case("admin"))
+                    || (r.actions.iter().any(|a| a == "*") && r.resources.iter().any(|x| x == "*")))
+        };
         user.enabled
-            && self.rules_of(user).iter().any(|r| {
+            && !rules.iter().any(deny)
+            && rules.iter().any(|r| {
                 !r.effect.eq_ignore_ascii_case("deny")
                     && r.conditions.is_none()
-                    && r.actions.iter().any(|a| a == "*" || a == "admin")
+                    && r.actions
+                        .iter()
+                        .any(|a| a == "*" || a.eq_ignore_ascii_case("admin"))
                     && r.resources.iter().any(|x| x == "*")
             })
     }
@@ -784,6 +795,54 @@ mod tests {
             groups: vec!["g".into()],
             permissions: perms,
         }
+    }
+
+    #[test]
+    fn a_deny_of_admin_removes_admin_and_conditions_do_not_grant_it() {
+        let allow_all = Permission {
+            effect: "Allow".into(),
+            actions: vec!["*".into()],
+            resources: vec!["*".into()],
+            conditions: None,
+        };
+        let iam = Iam::new(
+            vec![],
+            vec![GroupSpec {
+                name: "g".into(),
+                description: String::new(),
+                permissions: vec![allow_all.clone()],
+            }],
+        );
+        assert!(iam.is_admin(&user(vec![])));
+        for deny in [("admin", "b/*"), ("*", "*")] {
+            let u = user(vec![Permission {
+                effect: "Deny".into(),
+                actions: vec![deny.0.into()],
+                resources: vec![deny.1.into()],
+                conditions: None,
+            }]);
+            assert!(!iam.is_admin(&u), "{deny:?}");
+        }
+        // A Deny of some data keeps admin.
+        let u = user(vec![Permission {
+            effect: "Deny".into(),
+            actions: vec!["*".into()],
+            resources: vec!["b/secret/*".into()],
+            conditions: None,
+        }]);
+        assert!(iam.is_admin(&u));
+        let conditional = Iam::new(vec![], vec![]);
+        let u = UserSpec {
+            groups: vec![],
+            ..user(vec![Permission {
+                conditions: Some(
+                    serde_json::from_str(r#"{"IpAddress": {"aws:SourceIp": "0.0.0.0/0"}}"#)
+                        .unwrap(),
+                ),
+                ..allow_all
+            }])
+        };
+        assert!(!conditional.is_admin(&u));
     }
 
     #[test]

@@ -33,6 +33,16 @@ pub struct Auth(pub Arc<AppState>);
 impl S3Auth for Auth {
     async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
         match self.0.iam.user_by_key(access_key) {
+            // An empty secret would let anyone who knows the access key id sign (a
+            // declarative export has its secrets blanked; applied as-is elsewhere it yields
+            // such users): such a user cannot sign until it gets a secret.
+            Some(u) if u.secret_access_key.is_empty() => {
+                tracing::warn!(user = %u.name, "SigV4 refused: the user has an empty secret_access_key");
+                metrics::counter!("deltaglider_auth_failures_total", "reason" => "invalid_signature").increment(1);
+                metrics::counter!("deltaglider_auth_attempts_total", "result" => "failure")
+                    .increment(1);
+                Err(s3_error!(AccessDenied, "Access Denied"))
+            }
             Some(u) => Ok(SecretKey::from(u.secret_access_key)),
             None => {
                 metrics::counter!("deltaglider_auth_failures_total", "reason" => "invalid_signature").increment(1);
@@ -129,6 +139,16 @@ pub struct ReplayTicket(pub Arc<parking_lot::Mutex<Option<String>>>);
 
 pub struct Access(pub Arc<AppState>);
 
+/// The longest presigned URL lifetime S3 accepts.
+const MAX_PRESIGNED_EXPIRY_SECS: u64 = 7 * 24 * 3600;
+
+/// A query parameter of the request, decoded.
+fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(uri.query()?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
 fn header(cx: &S3AccessContext<'_>, name: &str) -> String {
     cx.headers()
         .get(name)
@@ -179,6 +199,19 @@ impl S3Access for Access {
                 .record("access_denied", "$anonymous", op, &ip, &ua, &bucket, &key);
             return Err(s3_error!(AccessDenied, "Access Denied"));
         };
+        // Presigned URLs live at most 7 days, as on S3 (s3s checks only that the URL's own
+        // X-Amz-Expires has not passed).
+        if let Some(secs) = query_param(cx.uri(), "X-Amz-Expires") {
+            if secs
+                .parse::<u64>()
+                .map_or(true, |s| s > MAX_PRESIGNED_EXPIRY_SECS)
+            {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "X-Amz-Expires must be a number of seconds no greater than 604800 (7 days)"
+                ));
+            }
+        }
         metrics::counter!("deltaglider_auth_attempts_total", "result" => "success").increment(1);
         let Some(user) = st.iam.user_by_key(&creds.access_key) else {
             return Err(s3_error!(AccessDenied, "Access Denied"));
@@ -202,16 +235,8 @@ impl S3Access for Access {
         let principal = Principal::User(Box::new(user), adm.as_ref().and_then(|a| a.source_ip));
         let action = Action::of_op(op);
         // `s3:prefix` exists for the listing operations only ("" when the request has none).
-        let list_prefix = matches!(op, "ListObjects" | "ListObjectsV2").then(|| {
-            cx.uri()
-                .query()
-                .and_then(|q| {
-                    url::form_urlencoded::parse(q.as_bytes())
-                        .find(|(k, _)| k == "prefix")
-                        .map(|(_, v)| v.into_owned())
-                })
-                .unwrap_or_default()
-        });
+        let list_prefix = matches!(op, "ListObjects" | "ListObjectsV2")
+            .then(|| query_param(cx.uri(), "prefix").unwrap_or_default());
         let ok = match (op, cx.s3_path()) {
             (_, S3Path::Root) => true,
             // The key of a browser form upload is a form field the access layer cannot see:
