@@ -732,12 +732,28 @@ pub async fn enforce(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let ip = source_ip(st.cfg.trust_proxy_headers, req.headers(), peer);
+    let signed = carries_credentials(&req);
+    // An address locked out after repeated SigV4 failures gets SlowDown for any signed
+    // request until the lockout ends (anonymous public reads are not authentication).
+    let ip_key = ip
+        .map(|i| i.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    if signed && st.sigv4_limiter.locked(&ip_key) {
+        metrics::counter!("deltaglider_auth_failures_total", "reason" => "rate_limited")
+            .increment(1);
+        return s3_error(
+            429,
+            "SlowDown",
+            "Too many authentication failures from this address: try again later",
+            req.uri().path(),
+        );
+    }
     let facts = facts_of(
         req.method().as_str(),
         req.uri().path(),
         req.uri().query(),
         ip,
-        carries_credentials(&req),
+        signed,
     );
     // Only what the response needs is taken from the matched block, under the read lock.
     let (action, block) = match st.admission.read().first_match(&facts.probe()) {
@@ -767,7 +783,13 @@ pub async fn enforce(
         source_ip: ip,
         allow_anonymous: action == Some(BlockAction::AllowAnonymous),
     });
-    next.run(req).await
+    let outcome = crate::s3::auth::AuthOutcome::default();
+    req.extensions_mut().insert(outcome.clone());
+    let resp = next.run(req).await;
+    if signed && resp.status() == http::StatusCode::FORBIDDEN && !outcome.verified() {
+        st.sigv4_limiter.failure(&st, &ip_key);
+    }
+    resp
 }
 
 #[cfg(test)]

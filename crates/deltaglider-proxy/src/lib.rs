@@ -111,6 +111,7 @@ pub async fn build_state(cfg: Config) -> Result<Arc<AppState>, ProxyError> {
         replication,
         audit: audit::AuditRing::new(cfg.audit_ring_size),
         login_limiter: admin::LoginLimiter::default(),
+        sigv4_limiter: admin::LoginLimiter::new("SigV4 authentication"),
         sessions: admin::Sessions::new(Duration::from_secs(cfg.session_ttl_hours * 3600)),
         engine,
         multipart,

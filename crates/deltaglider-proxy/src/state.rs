@@ -23,6 +23,8 @@ pub struct AppState {
     /// The bootstrap password hash in use (login, the config store key).
     pub bootstrap: crate::bootstrap::Bootstrap,
     pub login_limiter: crate::admin::LoginLimiter,
+    /// SigV4 failures per client address (the S3 side of the same lockout).
+    pub sigv4_limiter: crate::admin::LoginLimiter,
     /// SigV4 replay detection (`DGP_REPLAY_WINDOW_SECS`).
     pub replay: crate::s3::auth::ReplayGuard,
     /// External authentication (OIDC) flows in flight and the issuer key cache.

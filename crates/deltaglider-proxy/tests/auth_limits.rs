@@ -1,6 +1,7 @@
 //! SigV4 limits on the real binary: a presigned URL may live at most 7 days (a longer
-//! X-Amz-Expires is refused even with a valid signature), and a user whose secret is empty
-//! cannot sign (else anyone knowing the access key id could).
+//! X-Amz-Expires is refused even with a valid signature), a user whose secret is empty
+//! cannot sign (else anyone knowing the access key id could), and repeated authentication
+//! failures lock the client address out with 429 SlowDown (IAM denials do not count).
 
 mod common;
 
@@ -99,4 +100,88 @@ async fn a_user_with_an_empty_secret_cannot_sign() {
     );
     // The bootstrap pair still works on the same proxy.
     p.client().list_buckets().send().await.unwrap();
+}
+
+fn code<E: aws_sdk_s3::error::ProvideErrorMetadata>(e: &E) -> String {
+    e.code().unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn repeated_sigv4_failures_lock_the_address_out() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "access:\n  iam_mode: declarative\n  iam_users:\n    - name: narrow\n      access_key_id: NARROWAK\n      secret_access_key: NARROWSECRET\n      permissions: [{actions: [read], resources: [\"lock/mine/*\"]}]\n",
+    )
+    .unwrap();
+    let p = start_proxy_in(
+        dir.path(),
+        None,
+        &[
+            (
+                "DGP_CONFIG",
+                dir.path().join("config.yaml").to_str().unwrap().to_string(),
+            ),
+            ("DGP_RATE_LIMIT_MAX_ATTEMPTS", "3".into()),
+            ("DGP_RATE_LIMIT_WINDOW_SECS", "300".into()),
+            ("DGP_RATE_LIMIT_LOCKOUT_SECS", "600".into()),
+        ],
+        None,
+    )
+    .await;
+    let good = p.client();
+    good.create_bucket().bucket("lock").send().await.unwrap();
+    put_bytes(&good, "lock", "other/x.txt", b"x").await;
+    // IAM denials of a verified user are not authentication failures.
+    let narrow = p.client_as("NARROWAK", "NARROWSECRET");
+    for _ in 0..5 {
+        let e = narrow
+            .get_object()
+            .bucket("lock")
+            .key("other/x.txt")
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e.into_service_error()), "AccessDenied");
+    }
+    good.list_buckets().send().await.unwrap();
+    // Three bad signatures and one unknown key: locked out.
+    let bad = p.client_as(AK, "not-the-secret");
+    for _ in 0..2 {
+        let e = bad.list_buckets().send().await.unwrap_err();
+        assert_eq!(code(&e.into_service_error()), "SignatureDoesNotMatch");
+    }
+    let e = p
+        .client_as("NOSUCHKEY", "x")
+        .list_buckets()
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e.into_service_error()), "AccessDenied");
+    // Now even the right key pair from this address waits out the lockout.
+    let no_retry = aws_sdk_s3::Client::from_conf(
+        good.config()
+            .to_builder()
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+            .build(),
+    );
+    let e = no_retry.list_buckets().send().await.unwrap_err();
+    let e = e.into_service_error();
+    assert_eq!(code(&e), "SlowDown");
+    // Anonymous requests are not authentication: they get their usual answer.
+    let r = reqwest::get(format!("{}/lock/other/x.txt", p.url()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let m = reqwest::get(format!("{}/_/metrics", p.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("deltaglider_auth_failures_total{reason=\"rate_limited\"}")),
+        "{m}"
+    );
 }

@@ -128,29 +128,62 @@ impl Sessions {
 /// Recent failure times and the lockout end, per IP.
 type Attempts = (Vec<Instant>, Option<Instant>);
 
-/// Per-IP admin login failures: 429 SlowDown during a lockout. Shared by every endpoint that
-/// checks a password or key pair without a session (login, login-as, recover-db).
-#[derive(Default)]
+/// Per-IP authentication failures (`DGP_RATE_LIMIT_MAX_ATTEMPTS` within
+/// `DGP_RATE_LIMIT_WINDOW_SECS` lock the address out for `DGP_RATE_LIMIT_LOCKOUT_SECS`):
+/// 429 SlowDown during a lockout. One instance for the admin endpoints that check a password
+/// or key pair without a session (login, login-as, recover-db), one for SigV4.
 pub struct LoginLimiter {
     inner: Mutex<HashMap<String, Attempts>>,
+    /// What is locked, for the log line.
+    what: &'static str,
 }
 
+impl Default for LoginLimiter {
+    fn default() -> Self {
+        Self::new("admin login")
+    }
+}
+
+/// Addresses tracked before idle entries are swept (a scan from many addresses must not
+/// grow the table without bound).
+const SWEEP_ABOVE: usize = 10_000;
+
 impl LoginLimiter {
-    pub(super) fn locked(&self, ip: &str) -> bool {
+    pub fn new(what: &'static str) -> Self {
+        LoginLimiter {
+            inner: Mutex::new(HashMap::new()),
+            what,
+        }
+    }
+
+    pub(crate) fn locked(&self, ip: &str) -> bool {
         matches!(self.inner.lock().get(ip), Some((_, Some(until))) if *until > Instant::now())
     }
 
-    pub(super) fn failure(&self, st: &AppState, ip: &str) {
+    pub(crate) fn failure(&self, st: &AppState, ip: &str) {
         let now = Instant::now();
         let window = Duration::from_secs(st.cfg.rate_limit_window_secs);
         let mut m = self.inner.lock();
+        if m.len() > SWEEP_ABOVE {
+            m.retain(|_, (times, until)| {
+                until.is_some_and(|u| u > now)
+                    || times
+                        .last()
+                        .is_some_and(|t| now.duration_since(*t) < window)
+            });
+        }
         let e = m.entry(ip.to_string()).or_default();
         e.0.retain(|t| now.duration_since(*t) < window);
         e.0.push(now);
         if e.0.len() as u32 >= st.cfg.rate_limit_max_attempts {
             e.1 = Some(now + Duration::from_secs(st.cfg.rate_limit_lockout_secs));
             e.0.clear();
-            tracing::warn!(ip, "admin login locked out after repeated failures");
+            tracing::warn!(
+                ip,
+                what = self.what,
+                "{} locked out after repeated failures",
+                self.what
+            );
         }
     }
 }

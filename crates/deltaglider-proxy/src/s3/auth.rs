@@ -137,6 +137,19 @@ fn replay_checked_signature(cx: &S3AccessContext<'_>) -> Option<String> {
 #[derive(Clone, Default)]
 pub struct ReplayTicket(pub Arc<parking_lot::Mutex<Option<String>>>);
 
+/// Set by the access check once s3s has verified a request's signature: a 403 on a request
+/// that carried credentials but never got here is an authentication failure (unknown key,
+/// bad signature, skewed clock), which feeds the per-address lockout; an IAM denial of a
+/// verified user is not.
+#[derive(Clone, Default)]
+pub struct AuthOutcome(pub Arc<std::sync::atomic::AtomicBool>);
+
+impl AuthOutcome {
+    pub fn verified(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 pub struct Access(pub Arc<AppState>);
 
 /// The longest presigned URL lifetime S3 accepts.
@@ -162,6 +175,7 @@ impl S3Access for Access {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
         let st = &self.0;
         let ticket = cx.extensions_mut().get::<ReplayTicket>().cloned();
+        let outcome = cx.extensions_mut().get::<AuthOutcome>().cloned();
         let adm = cx
             .extensions_mut()
             .get::<crate::admission::Admission>()
@@ -211,6 +225,9 @@ impl S3Access for Access {
                     "X-Amz-Expires must be a number of seconds no greater than 604800 (7 days)"
                 ));
             }
+        }
+        if let Some(o) = &outcome {
+            o.0.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         metrics::counter!("deltaglider_auth_attempts_total", "result" => "success").increment(1);
         let Some(user) = st.iam.user_by_key(&creds.access_key) else {
