@@ -321,11 +321,43 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
 }
 
+/// Histogram buckets the metrics reference gives (other `_seconds` histograms keep the
+/// platform default).
+const METRIC_BUCKETS: &[(&str, &[f64])] = &[
+    (
+        "deltaglider_http_request_duration_seconds",
+        &[
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ],
+    ),
+    ("deltaglider_http_request_size_bytes", SIZE_BUCKETS),
+    ("deltaglider_http_response_size_bytes", SIZE_BUCKETS),
+    (
+        "deltaglider_delta_compression_ratio",
+        &[
+            0.01, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0,
+        ],
+    ),
+    ("deltaglider_delta_encode_duration_seconds", CODEC_BUCKETS),
+    ("deltaglider_delta_decode_duration_seconds", CODEC_BUCKETS),
+];
+const SIZE_BUCKETS: &[f64] = &[
+    1024.0,
+    10240.0,
+    102400.0,
+    1048576.0,
+    10485760.0,
+    104857600.0,
+];
+const CODEC_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 /// Serves until the process is stopped. One server loop (axum-server) for both plain HTTP
 /// and built-in TLS: only the acceptor differs, so the S3 API, admin API and UI share the
 /// port and every middleware in either mode.
 pub async fn serve(cfg: Config) -> Result<(), ProxyError> {
-    scai_core::metrics::install();
+    scai_core::metrics::install_with_buckets(METRIC_BUCKETS);
     let addr = cfg.listen_addr.clone();
     // The TLS material is checked before anything else starts, so a bad cert fails fast.
     let tls = match &cfg.tls {

@@ -339,9 +339,24 @@ async fn auth_iam_public_prefixes_and_admin_surface() {
         "deltaglider_build_info",
         "operation=\"put_object\"",
         "deltaglider_http_request_duration_seconds_bucket",
+        // The reference's buckets: 5 ms–10 s for requests, 1K–100M for sizes (histograms,
+        // not summaries).
+        "deltaglider_http_request_duration_seconds_bucket{method=\"GET\",operation=\"get_object\",le=\"0.005\"}",
+        "deltaglider_http_request_size_bytes_bucket{method=\"PUT\",le=\"1024\"}",
+        "deltaglider_http_response_size_bytes_bucket{method=\"GET\",le=\"104857600\"}",
+        // The standard process gauges, on Linux.
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "process_open_fds ",
+        "process_max_fds ",
+        "process_threads ",
     ] {
         assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
     }
+    assert!(
+        !m.contains("deltaglider_http_request_duration_seconds_bucket{method=\"GET\",operation=\"get_object\",le=\"0.0005\"}"),
+        "request duration keeps the platform default buckets"
+    );
     assert!(p.proc.logs().contains(
         "[cache] In-memory reference cache is only 64 MB — recommend ≥1024 MB for production"
     ));

@@ -192,6 +192,7 @@ async fn metrics_text(State(st): St) -> Response {
         c.misses as f64 / total as f64
     });
     metrics::gauge!("process_peak_rss_bytes").set(peak_rss_bytes() as f64);
+    scai_core::metrics::record_process_metrics();
     scai_core::metrics::metrics_handler().await
 }
 
