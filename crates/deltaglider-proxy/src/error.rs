@@ -38,6 +38,14 @@ pub enum ProxyError {
     Codec(String),
     #[error("backend error: {0}")]
     Backend(String),
+    /// The upstream S3 throttled us (503 SlowDown after the SDK's retries): passed on as
+    /// such, so clients back off instead of seeing a bare 500.
+    #[error("upstream S3 is throttling: {0}")]
+    UpstreamSlowDown(String),
+    /// The upstream S3 refused the proxy's own request (its credentials, bucket policy or a
+    /// disabled KMS key): 403 with the upstream's reason, distinct from the client's auth.
+    #[error("upstream S3 refused the request: {0}")]
+    UpstreamDenied(String),
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
     #[error("startup error: {0}")]
@@ -65,17 +73,23 @@ impl From<ProxyError> for S3Error {
             NotModified => S3ErrorCode::Custom("NotModified".into()),
             InvalidRange => S3ErrorCode::InvalidRange,
             BadDigest => S3ErrorCode::BadDigest,
-            AccessDenied => S3ErrorCode::AccessDenied,
+            AccessDenied | UpstreamDenied(_) => S3ErrorCode::AccessDenied,
+            UpstreamSlowDown(_) => S3ErrorCode::SlowDown,
             Integrity(_) | Codec(_) | Backend(_) | Io(_) | Startup(_) | Config(_) | Internal(_) => {
                 tracing::error!(error = %msg, "request failed");
                 S3ErrorCode::InternalError
             }
         };
+        if let UpstreamDenied(_) = &e {
+            tracing::warn!(error = %msg, "upstream S3 refused the proxy's request");
+        }
         let mut err = S3Error::with_message(code, msg);
         match e {
             NotModified => err.set_status_code(http::StatusCode::NOT_MODIFIED),
             // The proxy never answers 503 itself: 503 SlowDown always comes from upstream.
             TooManyUploads => err.set_status_code(http::StatusCode::TOO_MANY_REQUESTS),
+            UpstreamSlowDown(_) => err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE),
+            UpstreamDenied(_) => err.set_status_code(http::StatusCode::FORBIDDEN),
             _ => {}
         }
         err

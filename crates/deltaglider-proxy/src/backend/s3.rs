@@ -112,15 +112,25 @@ impl S3BackendConfig {
     }
 }
 
-fn be<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
+fn be<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug + HasStatus>(
     e: SdkError<E, R>,
 ) -> ProxyError {
     let code = e.code().map(str::to_string);
+    // A HEAD has no error body, hence no code: its status says throttling.
+    if code.is_none() && status_of(&e) == Some(503) {
+        return ProxyError::UpstreamSlowDown("503 Service Unavailable".into());
+    }
     match code.as_deref() {
         Some("NoSuchBucket") => ProxyError::NoSuchBucket,
         Some("NoSuchKey") | Some("NotFound") => ProxyError::NoSuchKey,
         Some("BucketAlreadyExists") | Some("BucketAlreadyOwnedByYou") => ProxyError::BucketExists,
         Some("BucketNotEmpty") => ProxyError::BucketNotEmpty,
+        Some("SlowDown") | Some("ServiceUnavailable") | Some("RequestLimitExceeded") => {
+            ProxyError::UpstreamSlowDown(e.message().unwrap_or("SlowDown").to_string())
+        }
+        Some(c) if c == "AccessDenied" || c.starts_with("KMS.") => {
+            ProxyError::UpstreamDenied(format!("{c}: {}", e.message().unwrap_or("access denied")))
+        }
         _ => ProxyError::Backend(format!(
             "{}: {}",
             code.unwrap_or_default(),
