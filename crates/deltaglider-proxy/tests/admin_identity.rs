@@ -410,6 +410,15 @@ async fn login_as_gating_s3_credentials_rotation_and_membership() {
     );
     let (_, who) = get(viewer.clone(), "/_/api/whoami").await;
     assert_eq!(who["user"]["access_key_id"], new_ak.as_str());
+    // The audit credits the change to the IAM admin who made it, not to "admin".
+    let (_, audit) = get(ops.clone(), "/_/api/admin/audit?limit=500").await;
+    let entries = audit["entries"].as_array().cloned().unwrap_or_default();
+    assert!(
+        entries.iter().any(|e| e["action"] == "user_rotate_keys"
+            && e["user"] == "ops"
+            && e["target"] == "viewer"),
+        "{audit}"
+    );
     let (s, _) = admin_call(
         Method::POST,
         format!("{base}/_/api/admin/users/NOSUCH/rotate-keys"),

@@ -142,6 +142,15 @@ async fn access_section_put_reconciles_live_and_audits() {
         json!({"iam_users": [
             {"name": "d1", "access_key_id": "SAMEAK", "secret_access_key": "x"},
             {"name": "d2", "access_key_id": "SAMEAK", "secret_access_key": "y"}]}),
+        // eve would take bob's key while bob is deleted.
+        json!({"iam_users": [
+            {"name": "eve", "access_key_id": "BOBAK", "secret_access_key": "EVESECRET"},
+            {"name": "carol", "access_key_id": "CAROLAK", "secret_access_key": "CAROLSECRET",
+             "groups": ["readers"]}]}),
+        // A condition the evaluator cannot honour.
+        json!({"iam_users": [{"name": "dan", "access_key_id": "DANAK", "secret_access_key": "x",
+            "permissions": [{"actions": ["read"], "resources": ["b/*"],
+                             "conditions": {"Bool": {"aws:SecureTransport": "true"}}}]}]}),
     ] {
         let (s, v) = admin_call(
             reqwest::Method::PUT,
@@ -151,6 +160,16 @@ async fn access_section_put_reconciles_live_and_audits() {
         )
         .await;
         assert!(s == 400 || s == 422, "{bad} -> {s} {v}");
+        let why = v.to_string();
+        if bad.to_string().contains("eve") {
+            assert!(
+                why.contains("takes access key") && why.contains("BOBAK"),
+                "{why}"
+            );
+        }
+        if bad.to_string().contains("SecureTransport") {
+            assert!(why.contains("unsupported condition operator"), "{why}");
+        }
         assert!(
             can_list(&p, "CAROLAK", "CAROLSECRET").await,
             "{bad} changed IAM"

@@ -489,6 +489,7 @@ fn merge_section(st: &AppState, name: &str, patch: &serde_json::Value) -> Result
     };
     restore_struct_secrets(&mut new, &cur, &json!({ name: clean.clone() }));
     let warnings = check_live(&new).map_err(bad_config)?;
+    super::reconcile::check_key_reuse(&cur.access, &new.access).map_err(bad_config)?;
     iam_flip_guard(&cur, &new)?;
     Ok(Merged {
         new,
@@ -699,6 +700,9 @@ async fn config_apply(
         Ok(w) => w,
         Err(e) => return bad_config(e),
     };
+    if let Err(e) = super::reconcile::check_key_reuse(&cur.access, &new.access) {
+        return bad_config(e);
+    }
     if let Err(r) = iam_flip_guard(&cur, &new) {
         return r;
     }

@@ -45,7 +45,9 @@ fn client_ip(st: &AppState, headers: &HeaderMap, addr: &SocketAddr) -> String {
         .unwrap_or_default()
 }
 
-/// Record an IAM change made through the admin API in the audit ring.
+/// Record an IAM change made through the admin API in the audit ring, under the session's
+/// principal (`$bootstrap` for a bootstrap-password login, the user's name after
+/// `login-as`) and the caller's user agent, as logins are.
 fn audit_iam_change(
     st: &AppState,
     action: &str,
@@ -53,12 +55,23 @@ fn audit_iam_change(
     headers: &HeaderMap,
     addr: &SocketAddr,
 ) {
+    let user = match session::any_session(st, headers, addr) {
+        Ok((_, e)) => match e.who {
+            session::Who::Bootstrap => "$bootstrap".to_string(),
+            session::Who::User(name) => name,
+        },
+        Err(_) => "$unknown".to_string(),
+    };
+    let ua = headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     st.audit.record(
         action,
-        "admin",
+        &user,
         target,
         &client_ip(st, headers, addr),
-        "",
+        ua,
         "",
         "",
     );

@@ -74,6 +74,26 @@ fn declarative(fc: &FileConfig) -> bool {
     fc.access.iam_mode.as_deref() == Some("declarative")
 }
 
+/// Refuses a declared user that takes the access key of a user the same change deletes
+/// (the spec's reconciler check): clients still signing with that key would silently act
+/// as the new user. Delete in one apply, re-create in the next.
+pub(super) fn check_key_reuse(old: &AccessSection, new: &AccessSection) -> Result<(), String> {
+    for u in &new.iam_users {
+        let taken = old.iam_users.iter().find(|o| {
+            o.access_key_id == u.access_key_id
+                && o.name != u.name
+                && !new.iam_users.iter().any(|n| n.name == o.name)
+        });
+        if let Some(o) = taken {
+            return Err(format!(
+                "access: iam_users: user {:?} takes access key {:?} from user {:?}, which this change deletes; delete {:?} first, then create {:?} in a separate apply",
+                u.name, u.access_key_id, o.name, o.name, u.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The spec's preview line, when `new` is declarative:
 /// `declarative IAM preview: users(+a/~b/-c) groups(...) providers(...) mapping_rules=keep`.
 pub(super) fn preview(old: &FileConfig, new: &FileConfig) -> Option<String> {
