@@ -153,7 +153,7 @@ impl Pins {
                 .find(|(_, ok)| ok.id == k.id && !ok.same_key(k))
             {
                 return Err(ProxyError::Config(format!(
-                    "backends {other:?} and {backend:?} pin the same key_id {:?} with DIFFERENT key bytes",
+                    "backends {other} and {backend} share key_id but declare DIFFERENT keys (key_id {:?}): make the ids distinct, or the keys identical",
                     k.id
                 )));
             }
