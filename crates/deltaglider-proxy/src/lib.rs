@@ -112,6 +112,7 @@ pub async fn build_state(cfg: Config) -> Result<Arc<AppState>, ProxyError> {
         audit: audit::AuditRing::new(cfg.audit_ring_size),
         login_limiter: admin::LoginLimiter::default(),
         sigv4_limiter: admin::LoginLimiter::new("SigV4 authentication"),
+        stats_cache: parking_lot::Mutex::new(None),
         sessions: admin::Sessions::new(Duration::from_secs(cfg.session_ttl_hours * 3600)),
         engine,
         multipart,

@@ -23,6 +23,8 @@ pub struct AppState {
     /// The bootstrap password hash in use (login, the config store key).
     pub bootstrap: crate::bootstrap::Bootstrap,
     pub login_limiter: crate::admin::LoginLimiter,
+    /// The last `/_/stats` answer and when it was computed (served for 10 s).
+    pub stats_cache: parking_lot::Mutex<Option<(std::time::Instant, serde_json::Value)>>,
     /// SigV4 failures per client address (the S3 side of the same lockout).
     pub sigv4_limiter: crate::admin::LoginLimiter,
     /// SigV4 replay detection (`DGP_REPLAY_WINDOW_SECS`).

@@ -404,6 +404,13 @@ async fn auth_iam_public_prefixes_and_admin_surface() {
             .any(|e| e["user"] == "$anonymous" && e["path"] == "builds/publicish/app.zip"),
         "{audit}"
     );
+    // Admitted anonymous reads are audited too.
+    assert!(
+        entries.iter().any(|e| e["user"] == "$anonymous"
+            && e["action"] == "anonymous_access"
+            && e["path"] == "builds/public/app.zip"),
+        "{audit}"
+    );
     let storage: serde_json::Value = http
         .get(format!("{base}/_/api/admin/config/section/storage"))
         .header("cookie", &cookie)
@@ -459,6 +466,18 @@ async fn auth_iam_public_prefixes_and_admin_surface() {
         .await
         .unwrap();
     assert!(stats["total_objects"].as_u64().unwrap() >= 5, "{stats}");
+    // Cached 10 s: an object written now shows only after that.
+    put_bytes(&admin, "team", "shared/new-after-stats.txt", b"n").await;
+    let again: serde_json::Value = http
+        .get(format!("{base}/_/stats"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again, stats);
 }
 
 #[tokio::test]

@@ -209,7 +209,22 @@ async fn metrics_text(State(st): St) -> Response {
     scai_core::metrics::metrics_handler().await
 }
 
+/// How long a `/_/stats` answer is served again: the walk lists every bucket (up to 1000
+/// objects), too much to repeat for each dashboard refresh.
+const STATS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn stats(_: Admin, State(st): St) -> Response {
+    if let Some((at, v)) = st.stats_cache.lock().as_ref() {
+        if at.elapsed() < STATS_TTL {
+            return Json(v.clone()).into_response();
+        }
+    }
+    let v = compute_stats(&st).await;
+    *st.stats_cache.lock() = Some((std::time::Instant::now(), v.clone()));
+    Json(v).into_response()
+}
+
+async fn compute_stats(st: &AppState) -> serde_json::Value {
     let mut total_objects = 0u64;
     let mut original = 0u64;
     let mut stored = 0u64;
@@ -235,14 +250,13 @@ async fn stats(_: Admin, State(st): St) -> Response {
     } else {
         100.0 * (1.0 - stored as f64 / original as f64)
     };
-    Json(json!({
+    json!({
         "total_objects": total_objects,
         "total_original_size": original,
         "total_stored_size": stored,
         "savings_percentage": savings,
         "truncated": truncated,
-    }))
-    .into_response()
+    })
 }
 
 #[derive(Deserialize)]

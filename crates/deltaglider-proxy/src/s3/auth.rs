@@ -202,6 +202,17 @@ impl S3Access for Access {
                     "GetObject" | "HeadObject" | "ListObjects" | "ListObjectsV2"
                 );
             if admitted {
+                // The spec: anonymous access is audited as `$anonymous`, reads included.
+                let ip_s = ip_addr.map(|i| i.to_string()).unwrap_or(ip);
+                st.audit.record(
+                    "anonymous_access",
+                    "$anonymous",
+                    op,
+                    &ip_s,
+                    &ua,
+                    &bucket,
+                    &key,
+                );
                 cx.extensions_mut().insert(Principal::Anonymous(ip_addr));
                 return Ok(());
             }
