@@ -107,6 +107,27 @@ pub struct Multipart {
     max: usize,
     /// Bytes that staged parts of all in-flight uploads may hold together.
     max_bytes: u64,
+    /// CompleteMultipartUpload requests running, per bucket: DeleteBucket is refused while
+    /// one is, since the object it is about to write would land in a deleted bucket.
+    completing: Mutex<HashMap<String, usize>>,
+}
+
+/// Counts a complete in flight for its bucket until dropped.
+pub struct Completing<'a> {
+    mp: &'a Multipart,
+    bucket: String,
+}
+
+impl Drop for Completing<'_> {
+    fn drop(&mut self) {
+        let mut m = self.mp.completing.lock();
+        if let Some(n) = m.get_mut(&self.bucket) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.bucket);
+            }
+        }
+    }
 }
 
 /// Keeps an upload marked busy while a request works on it.
@@ -235,7 +256,26 @@ impl Multipart {
             root,
             max,
             max_bytes,
+            completing: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Marks a CompleteMultipartUpload on `bucket` as running for the guard's lifetime.
+    pub fn completing(&self, bucket: &str) -> Completing<'_> {
+        *self
+            .completing
+            .lock()
+            .entry(bucket.to_string())
+            .or_default() += 1;
+        Completing {
+            mp: self,
+            bucket: bucket.to_string(),
+        }
+    }
+
+    /// Whether a CompleteMultipartUpload on `bucket` is running.
+    pub fn is_completing(&self, bucket: &str) -> bool {
+        self.completing.lock().contains_key(bucket)
     }
 
     /// Bytes held by the staged parts of every in-flight upload, not counting `skip`
@@ -625,6 +665,20 @@ mod tests {
         assert!(!root.join("orphan").exists());
         // manifest + exactly one file per part (the replaced part 2 file is gone).
         assert_eq!(std::fs::read_dir(root.join(&id)).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn a_bucket_is_completing_while_any_complete_guard_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let mp = Multipart::open(dir.path().join("mp"), 10, 1 << 30).unwrap();
+        assert!(!mp.is_completing("b"));
+        let g1 = mp.completing("b");
+        let g2 = mp.completing("b");
+        assert!(mp.is_completing("b") && !mp.is_completing("other"));
+        drop(g1);
+        assert!(mp.is_completing("b"));
+        drop(g2);
+        assert!(!mp.is_completing("b"));
     }
 
     #[tokio::test]

@@ -76,6 +76,12 @@ pub(super) async fn delete_bucket(
     p: &Proxy,
     req: S3Request<DeleteBucketInput>,
 ) -> S3Result<S3Response<DeleteBucketOutput>> {
+    if p.state.multipart.is_completing(&req.input.bucket) {
+        return Err(s3s::s3_error!(
+            OperationAborted,
+            "A CompleteMultipartUpload is in progress on this bucket: try again"
+        ));
+    }
     p.state
         .engine
         .delete_bucket(&req.input.bucket)

@@ -149,6 +149,7 @@ pub(super) async fn complete_multipart_upload(
             )
         })
         .collect();
+    let _completing = p.state.multipart.completing(&i.bucket);
     p.usage.admit(p, &i.bucket).await?;
     let old = p.usage.size_before(p, &i.bucket, &i.key).await;
     let dir = p.state.engine.spool_dir(&i.bucket);
