@@ -160,6 +160,14 @@ pub struct AdvancedSection {
     pub config_sync_bucket: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSection>,
+    /// The blocking thread pool's size (codec and disk work); `DGP_BLOCKING_THREADS` wins.
+    /// Read before the runtime starts (see `main.rs`), so a change needs a restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocking_threads: Option<usize>,
+    /// The bootstrap password hash, below `DGP_BOOTSTRAP_PASSWORD_HASH`. A secret: never
+    /// exported.
+    #[serde(skip_serializing)]
+    pub bootstrap_password_hash: Option<String>,
 }
 
 /// `advanced.tls`: built-in TLS (`DGP_TLS_ENABLED` / `DGP_TLS_CERT` / `DGP_TLS_KEY` win).
@@ -349,6 +357,22 @@ fn validate_declarative_iam(a: &AccessSection) -> Result<(), ProxyError> {
 /// Rejects invalid access (OIDC) and admission sections, public prefixes with `..`, NUL or `//`, and `public` together with prefixes;
 /// invalid or duplicate backend names and encryption modes a backend cannot run.
 pub fn validate_file(fc: &FileConfig) -> Result<(), ProxyError> {
+    let st = &fc.storage;
+    let forms: Vec<&str> = [
+        ("s3", st.s3.is_some()),
+        ("filesystem", st.filesystem.is_some()),
+        ("backend", st.backend.is_some()),
+    ]
+    .iter()
+    .filter(|(_, set)| *set)
+    .map(|(n, _)| *n)
+    .collect();
+    if forms.len() > 1 {
+        return Err(ProxyError::Config(format!(
+            "storage: set exactly one of s3, filesystem or backend (found {})",
+            forms.join(" and ")
+        )));
+    }
     validate_declarative_iam(&fc.access)?;
     crate::oidc::validate_access(&fc.access)?;
     crate::admission::validate(&fc.admission).map_err(ProxyError::Config)?;
@@ -564,9 +588,18 @@ impl Config {
                 "DGP_CODEC_CONCURRENCY must be at least 1".into(),
             ));
         }
+        // `storage.filesystem: <path>`, or the canonical `storage.backend: {type:
+        // filesystem, path}`.
+        let file_dir = file.storage.filesystem.clone().or_else(|| {
+            file.storage
+                .backend
+                .as_ref()
+                .filter(|b| b.kind == "filesystem")
+                .and_then(|b| b.path.clone())
+        });
         let data_dir = PathBuf::from(env::string_or(
             "DGP_DATA_DIR",
-            file.storage.filesystem.as_deref().unwrap_or("./data"),
+            file_dir.as_deref().unwrap_or("./data"),
         ));
         if data_dir
             .components()
@@ -619,7 +652,12 @@ impl Config {
             access_key_id,
             secret_access_key,
             bootstrap_password_hash: env::opt_string("DGP_BOOTSTRAP_PASSWORD_HASH")
-                .or_else(|| env::opt_string("DGP_ADMIN_PASSWORD_HASH")),
+                .or_else(|| env::opt_string("DGP_ADMIN_PASSWORD_HASH"))
+                .or_else(|| {
+                    adv.bootstrap_password_hash
+                        .clone()
+                        .filter(|h| !h.is_empty())
+                }),
             session_ttl_hours: env::parse_or("DGP_SESSION_TTL_HOURS", 4u64).map_err(cfg_err)?,
             trust_proxy_headers: env::bool_or("DGP_TRUST_PROXY_HEADERS", false).map_err(cfg_err)?,
             request_timeout_secs: env::parse_or("DGP_REQUEST_TIMEOUT_SECS", 300u64)

@@ -363,6 +363,8 @@ fn section_schema(name: &str) -> Option<Value> {
             ),
             ("max_object_size", td("integer", json!(104_857_600u64))),
             ("config_sync_bucket", t("string")),
+            ("blocking_threads", t("integer")),
+            ("bootstrap_password_hash", t("string")),
             (
                 "tls",
                 obj(vec![

@@ -75,7 +75,19 @@ fn main() {
     }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
-    if let Ok(Ok(n)) = std::env::var("DGP_BLOCKING_THREADS").map(|v| v.parse::<usize>()) {
+    // The pool is sized before the runtime exists, so the file is read here for
+    // `advanced.blocking_threads` (a file that does not load is reported by `serve`).
+    let blocking = std::env::var("DGP_BLOCKING_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .or_else(|| {
+            let path = deltaglider_proxy::config::find_config_file()?;
+            deltaglider_proxy::config::load_file(&path)
+                .ok()?
+                .advanced
+                .blocking_threads
+        });
+    if let Some(n) = blocking {
         rt.max_blocking_threads(n.max(1));
     }
     let rt = match rt.build() {

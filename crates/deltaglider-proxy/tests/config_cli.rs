@@ -84,6 +84,17 @@ fn lint_exit_codes_and_messages() {
     );
     exits(&["config", "lint", &both], 6);
 
+    // Exactly one form of the singleton backend.
+    let two_forms = w(
+        "two-forms.yaml",
+        "storage:\n  filesystem: /tmp/a\n  s3: http://127.0.0.1:1\n",
+    );
+    let e = exits(&["config", "lint", &two_forms], 6);
+    assert!(
+        e.contains("exactly one of s3, filesystem or backend"),
+        "{e}"
+    );
+
     // No argument: DGP_CONFIG (here via --config) is the file.
     exits(&["--config", &bad_syntax, "config", "lint"], 4);
     let o = run(d.path(), &["config", "lint"], &[]);

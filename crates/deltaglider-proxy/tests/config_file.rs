@@ -430,3 +430,54 @@ async fn admin_config_put_without_a_file_is_live_only() {
     let (_, g) = admin_call(reqwest::Method::GET, url, &cookie, None).await;
     assert_eq!(g["max_object_size"], 1234, "{g}");
 }
+
+/// The canonical `storage.backend: {type: filesystem, path}` is the data directory when
+/// `DGP_DATA_DIR` is unset, and `advanced.bootstrap_password_hash` is the admin password's
+/// hash when `DGP_BOOTSTRAP_PASSWORD_HASH` is (`advanced.blocking_threads` is accepted).
+#[tokio::test]
+async fn canonical_backend_path_and_file_bootstrap_hash_are_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let hash = bcrypt::hash("pw-from-file", 4).unwrap();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "storage:\n  backend: {{type: filesystem, path: {}}}\nadvanced:\n  bootstrap_password_hash: \"{hash}\"\n  blocking_threads: 8\n",
+            store.display()
+        ),
+    )
+    .unwrap();
+    let p = start_proxy_in(
+        dir.path(),
+        None,
+        &[
+            ("DGP_CONFIG", cfg.to_str().unwrap().to_string()),
+            ("DGP_DATA_DIR", String::new()),
+            ("DGP_SECURE_COOKIES", "false".into()),
+        ],
+        None,
+    )
+    .await;
+    let c = p.client();
+    c.create_bucket().bucket("canon").send().await.unwrap();
+    put_bytes(&c, "canon", "docs/readme.txt", b"canonical").await;
+    assert!(
+        files_under(&store)
+            .iter()
+            .any(|f| f.ends_with("readme.txt")),
+        "{:?}",
+        files_under(&store)
+    );
+    admin_login(&p.url(), "pw-from-file").await;
+    // The hash is a secret: exports leave it out.
+    let cookie = admin_login(&p.url(), "pw-from-file").await;
+    let (_, export) = admin_call(
+        reqwest::Method::GET,
+        format!("{}/_/api/admin/config/section/advanced", p.url()),
+        &cookie,
+        None,
+    )
+    .await;
+    assert!(!export.to_string().contains(&hash), "{export}");
+}
