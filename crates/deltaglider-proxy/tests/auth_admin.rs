@@ -456,6 +456,15 @@ async fn auth_iam_public_prefixes_and_admin_surface() {
         .await
         .unwrap();
     assert!(ui.contains("DeltaGlider Proxy"));
+    // The guide's deep link to the audit view serves the same page, which loads the ring.
+    let deep = http
+        .get(format!("{base}/_/admin/diagnostics/audit"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deep.status(), 200);
+    let deep = deep.text().await.unwrap();
+    assert!(deep.contains("DeltaGlider Proxy") && deep.contains("/diagnostics/audit"));
     let stats: serde_json::Value = http
         .get(format!("{base}/_/stats"))
         .header("cookie", &cookie)

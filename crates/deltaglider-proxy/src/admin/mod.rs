@@ -141,6 +141,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/_/", get(ui))
+        // Deep links into the UI (the guide's `/_/admin/diagnostics/audit`): the same page,
+        // which opens the view its path names.
+        .route("/_/admin/{*view}", get(ui))
         .route("/_/health", get(health))
         .route("/_/metrics", get(metrics_text))
         .route("/_/stats", get(stats))
