@@ -162,7 +162,7 @@ impl Syncer {
             .await;
         match head {
             Ok(h) if h.e_tag.is_some() && h.e_tag == self.etag => {}
-            Ok(_) => self.pull().await,
+            Ok(h) => self.pull(h.e_tag).await,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => {
                 // Nothing shared yet: seed it with what this instance holds.
                 if self.etag.is_none() && local != AdminOverlay::default() {
@@ -204,21 +204,32 @@ impl Syncer {
         }
     }
 
-    async fn pull(&mut self) {
+    /// Downloads the shared overlay the HEAD just saw (`expected`): another instance that
+    /// uploads in between makes the GET answer 412 (If-Match) or another ETag, and the
+    /// round ends with the guide's line; the next round picks the newer object up.
+    async fn pull(&mut self, expected: Option<String>) {
+        const MISMATCH: &str = "[config-sync] ETag mismatch on DB download — retrying.";
         let got = match self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(SYNC_KEY)
+            .set_if_match(expected.clone())
             .send()
             .await
         {
             Ok(g) => g,
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
+                return tracing::warn!("{MISMATCH}");
+            }
             Err(e) => {
                 return tracing::warn!(error = %aws_sdk_s3::error::DisplayErrorContext(&e), "[config-sync] download failed")
             }
         };
         let etag = got.e_tag.clone();
+        if expected.is_some() && etag != expected {
+            return tracing::warn!("{MISMATCH}");
+        }
         let body = match got.body.collect().await {
             Ok(b) => b.into_bytes(),
             Err(e) => return tracing::warn!(error = %e, "[config-sync] download failed"),
