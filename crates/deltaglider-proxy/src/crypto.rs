@@ -215,6 +215,86 @@ pub fn decrypt_whole(k: &KeyGen, body: &[u8], plain_len: u64) -> Result<Vec<u8>,
     Ok(out)
 }
 
+/// Decrypts DGE1 frames from `first` on as they arrive, one frame (~64 KiB) at a time, so a
+/// GET of any size holds about two frames in memory: the frame being read and the one being
+/// sent. The first `skip` plaintext bytes are dropped and `want` are yielded; a stream that
+/// ends short, or a frame that fails its tag, ends the body with an error (never with
+/// bytes that were not authenticated).
+fn decrypt_stream(
+    wire: ByteStream,
+    k: KeyGen,
+    base: [u8; 12],
+    first: u64,
+    plain_len: u64,
+    skip: u64,
+    want: u64,
+) -> ByteStream {
+    struct St {
+        wire: ByteStream,
+        buf: bytes::BytesMut,
+        cipher: Aes256Gcm,
+        base: [u8; 12],
+        i: u64,
+        chunks: u64,
+        skip: usize,
+        left: u64,
+    }
+    let st = St {
+        wire,
+        buf: bytes::BytesMut::new(),
+        cipher: k.cipher(),
+        base,
+        i: first,
+        chunks: plain_len.div_ceil(CHUNK as u64).max(1),
+        skip: skip as usize,
+        left: want,
+    };
+    let io = |e: ProxyError| std::io::Error::other(e.to_string());
+    Box::pin(futures::stream::try_unfold(st, move |mut st| async move {
+        if st.left == 0 {
+            return Ok(None);
+        }
+        // One whole frame: length prefix, then that many bytes.
+        loop {
+            if st.buf.len() >= 4 {
+                let n = u32::from_le_bytes(st.buf[..4].try_into().expect("4 bytes")) as usize;
+                if n > CHUNK + TAG {
+                    return Err(io(tamper()));
+                }
+                if st.buf.len() >= 4 + n {
+                    break;
+                }
+            }
+            match st.wire.next().await {
+                Some(c) => st.buf.extend_from_slice(&c?),
+                None => return Err(io(tamper())),
+            }
+        }
+        let n = u32::from_le_bytes(st.buf[..4].try_into().expect("4 bytes")) as usize;
+        let frame = st.buf.split_to(4 + n);
+        let pt = st
+            .cipher
+            .decrypt(
+                Nonce::from_slice(&nonce_for(&st.base, st.i)),
+                Payload {
+                    msg: &frame[4..],
+                    aad: &aad_for(st.i, st.i + 1 == st.chunks),
+                },
+            )
+            .map_err(|_| io(tamper()))?;
+        st.i += 1;
+        let mut out = Bytes::from(pt);
+        let skip = st.skip.min(out.len());
+        out = out.slice(skip..);
+        st.skip -= skip;
+        if out.len() as u64 > st.left {
+            out.truncate(st.left as usize);
+        }
+        st.left -= out.len() as u64;
+        Ok(Some((out, st)))
+    }))
+}
+
 async fn collect(s: ByteStream) -> Result<Vec<u8>, ProxyError> {
     let mut s = s;
     let mut v = Vec::new();
@@ -422,20 +502,19 @@ impl Backend for EncryptedBackend {
                 }
                 let base: [u8; 12] = header[4..16].try_into().map_err(|_| tamper())?;
                 let wire_end = (HEADER + (b + 1) * FRAME).min(head.size);
-                let wire = collect(
-                    self.inner
-                        .get_stream(bucket, key, Some(HEADER + a * FRAME..wire_end))
-                        .await?,
-                )
-                .await?;
-                let plain = decrypt_frames(&k, &base, a, &wire, len)?;
-                let off = (r.start - a * CHUNK as u64) as usize;
-                let want = (r.end - r.start) as usize;
-                if off + want > plain.len() {
-                    return Err(tamper());
-                }
-                let out = Bytes::from(plain).slice(off..off + want);
-                Ok(Box::pin(futures::stream::iter([Ok(out)])))
+                let wire = self
+                    .inner
+                    .get_stream(bucket, key, Some(HEADER + a * FRAME..wire_end))
+                    .await?;
+                Ok(decrypt_stream(
+                    wire,
+                    k,
+                    base,
+                    a,
+                    len,
+                    r.start - a * CHUNK as u64,
+                    r.end - r.start,
+                ))
             }
             Some(_) => {
                 let all = self.get_bytes(bucket, key).await?;
@@ -502,5 +581,58 @@ mod tests {
         let other = KeyGen::parse("b", &"22".repeat(32), None).unwrap();
         assert!(decrypt_single(&other, &single).is_err());
         assert_ne!(k.id, KeyGen::parse("c", &"11".repeat(32), None).unwrap().id);
+    }
+
+    /// The streaming decrypter yields exactly the requested plaintext range from frames fed
+    /// in arbitrary slices, and fails (never yields unauthenticated bytes) on a cut stream.
+    #[tokio::test]
+    async fn stream_decrypt_serves_ranges_and_refuses_truncation() {
+        let k = KeyGen::parse("b", &"11".repeat(32), None).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let plain: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
+        let (src, dst) = (dir.path().join("p"), dir.path().join("c"));
+        std::fs::write(&src, &plain).unwrap();
+        encrypt_file(&k, &src, &dst).unwrap();
+        let wire = Bytes::from(std::fs::read(&dst).unwrap());
+        let base: [u8; 12] = wire[4..16].try_into().unwrap();
+        // Feeds `bytes` in 1000-byte pieces, as a network body would arrive.
+        let feed = |bytes: Bytes| -> ByteStream {
+            let pieces: Vec<Result<Bytes, std::io::Error>> = (0..bytes.len())
+                .step_by(1000)
+                .map(|i| Ok(bytes.slice(i..(i + 1000).min(bytes.len()))))
+                .collect();
+            Box::pin(futures::stream::iter(pieces))
+        };
+        let len = plain.len() as u64;
+        for (start, end) in [
+            (0u64, len),
+            (1, 2),
+            (65_530, 65_545),
+            (131_000, len),
+            (0, 65_536),
+        ] {
+            let (a, b) = (start / CHUNK as u64, (end - 1) / CHUNK as u64);
+            let wire_end = (HEADER + (b + 1) * FRAME).min(wire.len() as u64);
+            let frames = wire.slice((HEADER + a * FRAME) as usize..wire_end as usize);
+            let s = decrypt_stream(
+                feed(frames),
+                k.clone(),
+                base,
+                a,
+                len,
+                start - a * CHUNK as u64,
+                end - start,
+            );
+            let got: Vec<Bytes> = s.map(|r| r.unwrap()).collect().await;
+            assert_eq!(
+                got.concat(),
+                &plain[start as usize..end as usize],
+                "{start}..{end}"
+            );
+        }
+        let cut = wire.slice(HEADER as usize..(HEADER + FRAME + 100) as usize);
+        let mut s = decrypt_stream(feed(cut), k.clone(), base, 0, len, 0, len);
+        assert_eq!(s.next().await.unwrap().unwrap().len(), CHUNK);
+        assert!(s.next().await.unwrap().is_err());
     }
 }
