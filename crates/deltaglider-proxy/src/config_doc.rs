@@ -127,6 +127,43 @@ pub fn prune(v: Value) -> Option<Value> {
     }
 }
 
+/// Drops the values of `section` that equal their schema default (the spec: "values equal
+/// to their defaults are left out of canonical exports"), recursing through objects, maps of
+/// objects (`buckets.<name>`) and arrays of objects (`backends[]`), then [`prune`]s.
+pub fn prune_defaults(section: &str, v: Value) -> Option<Value> {
+    fn walk(v: Value, schema: &Value) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(
+                m.into_iter()
+                    .filter_map(|(k, v)| {
+                        let sub = schema
+                            .get("properties")
+                            .and_then(|p| p.get(&k))
+                            .or_else(|| {
+                                schema.get("additionalProperties").filter(|a| a.is_object())
+                            });
+                        match sub {
+                            Some(sub) if sub.get("default") == Some(&v) => None,
+                            Some(sub) => Some((k, walk(v, sub))),
+                            None => Some((k, v)),
+                        }
+                    })
+                    .collect(),
+            ),
+            Value::Array(a) => match schema.get("items") {
+                Some(items) => Value::Array(a.into_iter().map(|x| walk(x, items)).collect()),
+                None => Value::Array(a),
+            },
+            other => other,
+        }
+    }
+    let pruned = match section_schema(section) {
+        Some(schema) => walk(v, &schema),
+        None => v,
+    };
+    prune(pruned)
+}
+
 /// The canonical sectioned YAML of a normalized tree, keeping every value it holds
 /// (secrets included: `config migrate` converts a file, it does not export it).
 pub fn canonical_yaml(tree: &Value) -> String {
@@ -305,7 +342,7 @@ fn section_schema(name: &str) -> Option<Value> {
         }
         "storage" => {
             let bucket = obj(vec![
-                ("compression", t("boolean")),
+                ("compression", td("boolean", json!(true))),
                 (
                     "max_delta_ratio",
                     json!({"type": "number", "minimum": 0, "maximum": 1}),
@@ -398,6 +435,22 @@ pub fn schema(section: Option<&str>) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exports_leave_out_values_equal_to_their_defaults() {
+        let adv =
+            json!({"listen_addr": "0.0.0.0:9000", "cache_size_mb": 2048, "max_delta_ratio": 0.75});
+        assert_eq!(
+            prune_defaults("advanced", adv),
+            Some(json!({"cache_size_mb": 2048}))
+        );
+        let st = json!({"buckets": {"r": {"compression": true, "max_delta_ratio": 0.5, "public": false},
+                                     "s": {"compression": false}}});
+        assert_eq!(
+            prune_defaults("storage", st),
+            Some(json!({"buckets": {"r": {"max_delta_ratio": 0.5}, "s": {"compression": false}}}))
+        );
+    }
 
     /// Every key of `doc` is declared by `schema` (objects with `properties`).
     fn covered(schema: &Value, doc: &Value, path: &str) {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{audit_iam_change, err, Admin, Body, St};
-use crate::config_doc::{prune, SECTIONS};
+use crate::config_doc::SECTIONS;
 use crate::state::AppState;
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
@@ -86,7 +86,8 @@ async fn config_export(_: Admin, State(st): St, Query(q): Query<ExportQuery>) ->
     };
     let mut doc = serde_json::Map::new();
     for n in names {
-        if let Some(v) = section_value(&fc, n).and_then(prune) {
+        if let Some(v) = section_value(&fc, n).and_then(|v| crate::config_doc::prune_defaults(n, v))
+        {
             doc.insert(n.to_string(), v);
         }
     }
