@@ -296,3 +296,77 @@ fn start_up_refuses_unsafe_or_incomplete_configuration() {
     let (ok, err) = start_and_fail(&[]);
     assert!(!ok && err.contains("DGP_AUTHENTICATION"), "{err}");
 }
+
+/// The operator knobs the guide names, each changing what it says: the audit ring's size,
+/// the clock-skew tolerance, the codec slots gauge, and the warning for an encryption key
+/// kept in the YAML.
+#[tokio::test]
+async fn operator_knobs_take_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "ab".repeat(32);
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        format!("storage:\n  backend_encryption: {{mode: aes256-gcm-proxy, key: \"{key}\"}}\n"),
+    )
+    .unwrap();
+    let pw = "knobs-pw";
+    let mut env = bootstrap_env(pw);
+    env.extend([
+        (
+            "DGP_CONFIG",
+            dir.path().join("config.yaml").to_str().unwrap().to_string(),
+        ),
+        ("DGP_AUDIT_RING_SIZE", "3".into()),
+        ("DGP_CLOCK_SKEW_SECONDS", "7200".into()),
+        ("DGP_CODEC_CONCURRENCY", "3".into()),
+    ]);
+    let p = start_proxy_in(dir.path(), None, &env, None).await;
+    assert!(
+        p.proc
+            .logs()
+            .contains("encryption key was loaded from config file (not DGP_*_ENCRYPTION_KEY)"),
+        "{}",
+        p.proc.logs()
+    );
+    // A client an hour off is inside a two-hour tolerance.
+    let skewed = aws_sdk_s3::Client::from_conf(
+        p.client()
+            .config()
+            .to_builder()
+            .time_source(aws_smithy_async::time::StaticTimeSource::new(
+                std::time::SystemTime::now() - Duration::from_secs(3600),
+            ))
+            .build(),
+    );
+    skewed.list_buckets().send().await.unwrap();
+    // Five denials, a ring of three.
+    for _ in 0..5 {
+        let _ = reqwest::get(format!("{}/nobucket/x", p.url()))
+            .await
+            .unwrap();
+    }
+    let cookie = admin_login(&p.url(), pw).await;
+    let (_, audit) = admin_call(
+        reqwest::Method::GET,
+        format!("{}/_/api/admin/audit?limit=100", p.url()),
+        &cookie,
+        None,
+    )
+    .await;
+    assert_eq!(
+        audit["entries"].as_array().map(Vec::len),
+        Some(3),
+        "{audit}"
+    );
+    let m = reqwest::get(format!("{}/_/metrics", p.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.lines()
+            .any(|l| l == "deltaglider_codec_semaphore_available 3"),
+        "{m}"
+    );
+}
