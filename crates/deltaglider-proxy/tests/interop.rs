@@ -63,6 +63,32 @@ async fn python_cli_and_proxy_read_each_others_objects() {
         phys,
         vec!["cli/reference.bin", "cli/v1.zip.delta", "cli/v2.zip.delta"]
     );
+    // The metadata structure both tools rely on: reference.bin names its writer and its
+    // SHA-256 (prefixed `dg-` or the legacy bare names).
+    let sha = |b: &[u8]| {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(b))
+    };
+    let meta_of = |key: &'static str| {
+        let up = up.client();
+        async move {
+            up.head_object()
+                .bucket("interop")
+                .key(key)
+                .send()
+                .await
+                .unwrap()
+                .metadata()
+                .cloned()
+                .unwrap_or_default()
+        }
+    };
+    let m = meta_of("cli/reference.bin").await;
+    let field = |m: &std::collections::HashMap<String, String>, k: &str| {
+        m.get(&format!("dg-{k}")).or_else(|| m.get(k)).cloned()
+    };
+    assert!(field(&m, "tool").is_some(), "{m:?}");
+    assert_eq!(field(&m, "file-sha256"), Some(sha(&v1)), "{m:?}");
     assert_eq!(get_bytes(&c, "interop", "cli/v2.zip").await, v2);
     assert_eq!(get_bytes(&c, "interop", "cli/v1.zip").await, v1);
     let listed: Vec<_> = c
@@ -93,6 +119,13 @@ async fn python_cli_and_proxy_read_each_others_objects() {
     put_bytes(&c, "interop", "px/v1.zip", &v1).await;
     put_bytes(&c, "interop", "px/v2.zip", &v2).await;
     put_bytes(&c, "interop", "px/readme.txt", b"plain text").await;
+    let m = meta_of("px/reference.bin").await;
+    assert!(
+        m.get("dg-tool")
+            .is_some_and(|t| t.starts_with("deltaglider_proxy/")),
+        "{m:?}"
+    );
+    assert_eq!(m.get("dg-file-sha256"), Some(&sha(&v1)), "{m:?}");
     cli(&bin, &up.url(), &["s3://interop/px/v2.zip", &d("v2.out")]);
     assert_eq!(std::fs::read(d("v2.out")).unwrap(), v2);
     cli(&bin, &up.url(), &["s3://interop/px/v1.zip", &d("v1.out")]);
