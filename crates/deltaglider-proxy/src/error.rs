@@ -59,6 +59,16 @@ pub enum ProxyError {
 impl From<ProxyError> for S3Error {
     fn from(e: ProxyError) -> S3Error {
         use ProxyError::*;
+        // A key segment longer than the filesystem's name limit is the client's key, not a
+        // server fault: S3's KeyTooLongError (400), wherever the path was first touched.
+        if let Io(io) = &e {
+            if io.raw_os_error() == Some(libc::ENAMETOOLONG) {
+                return S3Error::with_message(
+                    S3ErrorCode::KeyTooLongError,
+                    "a segment of this key is longer than the filesystem backend stores (255 bytes less the .delta suffix)",
+                );
+            }
+        }
         let msg = e.to_string();
         let code = match &e {
             NoSuchBucket => S3ErrorCode::NoSuchBucket,

@@ -393,6 +393,27 @@ async fn suite(p: &Proxy, up: Option<&S3sFs>) {
         Some("two")
     );
     assert_eq!(h.content_type(), Some("application/x-test"));
+    // Onto itself: refused unless the metadata is replaced (then it is how a client
+    // changes an object's metadata in place).
+    let e = c
+        .copy_object()
+        .bucket(B)
+        .key("other/copy2.zip")
+        .copy_source(format!("{B}/other/copy2.zip"))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.into_service_error().meta().code(), Some("InvalidRequest"));
+    c.copy_object()
+        .bucket(B)
+        .key("other/copy2.zip")
+        .copy_source(format!("{B}/other/copy2.zip"))
+        .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+        .metadata("build", "three")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get_bytes(&c, B, "other/copy2.zip").await, v1);
 
     // Deleting the object that seeded the reference never breaks the others.
     c.delete_object()

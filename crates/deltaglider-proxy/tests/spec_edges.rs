@@ -117,6 +117,19 @@ async fn one_line_behaviours_of_the_s3_surface() {
     }
     assert_eq!(get_bytes(&c, "edge", "rel/app-2.zip").await, v2);
 
+    // A key segment longer than a file name can be is the client's error, not a 500.
+    let long = format!("rel/{}.bin", "a".repeat(300));
+    let e = c
+        .put_object()
+        .bucket("edge")
+        .key(&long)
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(400));
+    assert_eq!(code(&e.into_service_error()), "KeyTooLongError");
+
     // Debug headers (the test proxies run with DGP_DEBUG_HEADERS=true).
     let h = get_headers(&c, "edge", "rel/app-2.zip").await;
     assert_eq!(h["x-amz-storage-type"], "delta");

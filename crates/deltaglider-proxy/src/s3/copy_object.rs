@@ -28,6 +28,14 @@ pub(super) async fn handle(
         .metadata_directive
         .as_ref()
         .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+    // As S3: copying an object onto itself must change something (REPLACE the metadata);
+    // otherwise it is a no-op a client most likely did not mean.
+    if !replace && sb == input.bucket && sk == input.key {
+        return Err(s3s::s3_error!(
+            InvalidRequest,
+            "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes."
+        ));
+    }
     let opts = if replace {
         Proxy::put_options(input.content_type, input.metadata)
     } else {
