@@ -357,6 +357,13 @@ fn validate_declarative_iam(a: &AccessSection) -> Result<(), ProxyError> {
 /// Rejects invalid access (OIDC) and admission sections, public prefixes with `..`, NUL or `//`, and `public` together with prefixes;
 /// invalid or duplicate backend names and encryption modes a backend cannot run.
 pub fn validate_file(fc: &FileConfig) -> Result<(), ProxyError> {
+    if let Some(m) = fc.access.iam_mode.as_deref() {
+        if !matches!(m, "gui" | "declarative") {
+            return Err(ProxyError::Config(format!(
+                "access.iam_mode must be gui or declarative, not {m:?}"
+            )));
+        }
+    }
     let st = &fc.storage;
     let forms: Vec<&str> = [
         ("s3", st.s3.is_some()),

@@ -465,6 +465,15 @@ async fn auth_iam_public_prefixes_and_admin_surface() {
     assert_eq!(deep.status(), 200);
     let deep = deep.text().await.unwrap();
     assert!(deep.contains("DeltaGlider Proxy") && deep.contains("/diagnostics/audit"));
+    // Other `/_/` paths are the admin surface's: a JSON 404, not an S3 error.
+    let r = http
+        .get(format!("{base}/_/api/admin/nothing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "not_found");
     let stats: serde_json::Value = http
         .get(format!("{base}/_/stats"))
         .header("cookie", &cookie)

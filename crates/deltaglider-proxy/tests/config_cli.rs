@@ -94,6 +94,9 @@ fn lint_exit_codes_and_messages() {
         e.contains("exactly one of s3, filesystem or backend"),
         "{e}"
     );
+    let mode = w("mode.yaml", "access:\n  iam_mode: weird\n");
+    let e = exits(&["config", "lint", &mode], 6);
+    assert!(e.contains("iam_mode must be gui or declarative"), "{e}");
 
     // No argument: DGP_CONFIG (here via --config) is the file.
     exits(&["--config", &bad_syntax, "config", "lint"], 4);

@@ -144,6 +144,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         // Deep links into the UI (the guide's `/_/admin/diagnostics/audit`): the same page,
         // which opens the view its path names.
         .route("/_/admin/{*view}", get(ui))
+        // Any other `/_/` path is the admin surface's, never a bucket (`_` is not a valid
+        // bucket name): a JSON 404 rather than S3's InvalidBucketName.
+        .route("/_/{*rest}", axum::routing::any(not_found))
         .route("/_/health", get(health))
         .route("/_/metrics", get(metrics_text))
         .route("/_/stats", get(stats))
@@ -159,6 +162,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(backends::routes())
         .merge(replication::routes())
         .with_state(state)
+}
+
+async fn not_found() -> Response {
+    err(StatusCode::NOT_FOUND, "not_found")
 }
 
 async fn ui() -> Html<&'static str> {
