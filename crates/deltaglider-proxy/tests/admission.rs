@@ -76,21 +76,11 @@ async fn anon(
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-fn code<E: aws_sdk_s3::error::ProvideErrorMetadata>(e: &E) -> String {
-    e.code().unwrap_or("").to_string()
-}
-
 #[tokio::test]
 async fn admission_blocks_enforced_on_s3_requests() {
     let (p, _d) = start().await;
     // No SDK retries: the 503 of the maintenance block must surface at once.
-    let c = aws_sdk_s3::Client::from_conf(
-        p.client()
-            .config()
-            .to_builder()
-            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
-            .build(),
-    );
+    let c = p.client_no_retry();
     let http = reqwest::Client::new();
     let base = p.url();
     let anon_get = |path: &str| anon(&http, Method::GET, format!("{base}{path}"), None);

@@ -49,10 +49,6 @@ storage:
       alias: real-bucket-name
 "#;
 
-fn code<E: aws_sdk_s3::error::ProvideErrorMetadata>(e: &E) -> String {
-    e.code().unwrap_or("").to_string()
-}
-
 #[tokio::test]
 async fn auth_iam_public_prefixes_and_admin_surface() {
     let dir = tempfile::tempdir().unwrap();
@@ -474,28 +470,21 @@ async fn auth_iam_public_prefixes_and_admin_surface() {
     assert_eq!(r.status(), 404);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"], "not_found");
-    let stats: serde_json::Value = http
-        .get(format!("{base}/_/stats"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(stats["total_objects"].as_u64().unwrap() >= 5, "{stats}");
+    let stats = || async {
+        let (_, v) = admin_call(
+            reqwest::Method::GET,
+            format!("{base}/_/stats"),
+            &cookie,
+            None,
+        )
+        .await;
+        v
+    };
+    let first = stats().await;
+    assert!(first["total_objects"].as_u64().unwrap() >= 5, "{first}");
     // Cached 10 s: an object written now shows only after that.
     put_bytes(&admin, "team", "shared/new-after-stats.txt", b"n").await;
-    let again: serde_json::Value = http
-        .get(format!("{base}/_/stats"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(again, stats);
+    assert_eq!(stats().await, first);
 }
 
 #[tokio::test]

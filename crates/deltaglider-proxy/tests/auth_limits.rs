@@ -6,14 +6,7 @@
 mod common;
 
 use common::*;
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
-
-fn hmac(key: &[u8], msg: &str) -> Vec<u8> {
-    let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
-    m.update(msg.as_bytes());
-    m.finalize().into_bytes().to_vec()
-}
 
 /// A presigned GET URL for `path` with any `X-Amz-Expires` (the SDK refuses to make one
 /// over 7 days, which is what this test needs).
@@ -33,11 +26,7 @@ fn presign_get(port: u16, path: &str, expires: u64) -> String {
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
         hex::encode(Sha256::digest(canonical.as_bytes()))
     );
-    let k = hmac(format!("AWS4{SK}").as_bytes(), &day);
-    let k = hmac(&k, "us-east-1");
-    let k = hmac(&k, "s3");
-    let k = hmac(&k, "aws4_request");
-    let sig = hex::encode(hmac(&k, &to_sign));
+    let sig = sigv4_signature(&day, &to_sign);
     format!("http://{host}{path}?{query}&X-Amz-Signature={sig}")
 }
 
@@ -71,20 +60,9 @@ async fn presigned_urls_live_at_most_seven_days() {
 
 #[tokio::test]
 async fn a_user_with_an_empty_secret_cannot_sign() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("config.yaml"),
+    let p = start_proxy_with_yaml(
         "access:\n  iam_mode: declarative\n  iam_users:\n    - name: blank\n      access_key_id: BLANKAK\n      secret_access_key: \"\"\n      permissions: [{actions: [\"*\"], resources: [\"*\"]}]\n",
-    )
-    .unwrap();
-    let p = start_proxy_in(
-        dir.path(),
-        None,
-        &[(
-            "DGP_CONFIG",
-            dir.path().join("config.yaml").to_str().unwrap().to_string(),
-        )],
-        None,
+        &[],
     )
     .await;
     let e = p
@@ -102,31 +80,15 @@ async fn a_user_with_an_empty_secret_cannot_sign() {
     p.client().list_buckets().send().await.unwrap();
 }
 
-fn code<E: aws_sdk_s3::error::ProvideErrorMetadata>(e: &E) -> String {
-    e.code().unwrap_or("").to_string()
-}
-
 #[tokio::test]
 async fn repeated_sigv4_failures_lock_the_address_out() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("config.yaml"),
+    let p = start_proxy_with_yaml(
         "access:\n  iam_mode: declarative\n  iam_users:\n    - name: narrow\n      access_key_id: NARROWAK\n      secret_access_key: NARROWSECRET\n      permissions: [{actions: [read], resources: [\"lock/mine/*\"]}]\n",
-    )
-    .unwrap();
-    let p = start_proxy_in(
-        dir.path(),
-        None,
         &[
-            (
-                "DGP_CONFIG",
-                dir.path().join("config.yaml").to_str().unwrap().to_string(),
-            ),
             ("DGP_RATE_LIMIT_MAX_ATTEMPTS", "3".into()),
             ("DGP_RATE_LIMIT_WINDOW_SECS", "300".into()),
             ("DGP_RATE_LIMIT_LOCKOUT_SECS", "600".into()),
         ],
-        None,
     )
     .await;
     let good = p.client();
@@ -159,13 +121,8 @@ async fn repeated_sigv4_failures_lock_the_address_out() {
         .unwrap_err();
     assert_eq!(code(&e.into_service_error()), "AccessDenied");
     // Now even the right key pair from this address waits out the lockout.
-    let no_retry = aws_sdk_s3::Client::from_conf(
-        good.config()
-            .to_builder()
-            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
-            .build(),
-    );
-    let e = no_retry.list_buckets().send().await.unwrap_err();
+    let once = no_retry(&good);
+    let e = once.list_buckets().send().await.unwrap_err();
     let e = e.into_service_error();
     assert_eq!(code(&e), "SlowDown");
     // Anonymous requests are not authentication: they get their usual answer.
@@ -173,12 +130,7 @@ async fn repeated_sigv4_failures_lock_the_address_out() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    let m = reqwest::get(format!("{}/_/metrics", p.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = p.metrics().await;
     assert!(
         m.lines()
             .any(|l| l.starts_with("deltaglider_auth_failures_total{reason=\"rate_limited\"}")),

@@ -68,12 +68,7 @@ async fn build_time_is_reported_by_whoami_metrics_and_the_start_log() {
         .await
         .unwrap();
     assert_eq!(who["build_time"], expected, "{who}");
-    let m = reqwest::get(format!("{}/_/metrics", p.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = p.metrics().await;
     let line = m
         .lines()
         .find(|l| l.starts_with("deltaglider_build_info{"))

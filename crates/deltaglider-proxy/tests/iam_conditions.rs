@@ -44,10 +44,6 @@ access:
           conditions: {NotIpAddress: {"aws:SourceIp": "10.20.0.0/16"}}
 "#;
 
-fn code<E: aws_sdk_s3::error::ProvideErrorMetadata>(e: &E) -> String {
-    e.code().unwrap_or("").to_string()
-}
-
 /// Keys of a ListObjectsV2 as `ak`, or the error code.
 async fn list(p: &Proxy, ak: &str, sk: &str, prefix: Option<&str>) -> Result<Vec<String>, String> {
     p.client_as(ak, sk)
@@ -67,21 +63,7 @@ async fn list(p: &Proxy, ak: &str, sk: &str, prefix: Option<&str>) -> Result<Vec
 
 #[tokio::test]
 async fn conditions_gate_requests_by_source_address_and_list_prefix() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.yaml"), YAML).unwrap();
-    let p = start_proxy_in(
-        dir.path(),
-        None,
-        &[
-            (
-                "DGP_CONFIG",
-                dir.path().join("config.yaml").to_str().unwrap().to_string(),
-            ),
-            ("DGP_TRUST_PROXY_HEADERS", "true".into()),
-        ],
-        None,
-    )
-    .await;
+    let p = start_proxy_with_yaml(YAML, &[("DGP_TRUST_PROXY_HEADERS", "true".into())]).await;
     let admin = p.client();
     admin.create_bucket().bucket("logs").send().await.unwrap();
     put_bytes(&admin, "logs", "alice/a.txt", b"a").await;

@@ -41,13 +41,7 @@ async fn corrupted_deltas_and_references_are_never_served() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_path_buf();
     let p = start_proxy_in(&data, None, &[], None).await;
-    let c = aws_sdk_s3::Client::from_conf(
-        p.client()
-            .config()
-            .to_builder()
-            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
-            .build(),
-    );
+    let c = p.client_no_retry();
     c.create_bucket().bucket("integ").send().await.unwrap();
     let v1 = bytes(31, 400_000);
     let v2 = mutate(&v1, 32);
@@ -62,13 +56,7 @@ async fn corrupted_deltas_and_references_are_never_served() {
     drop(p);
     corrupt(&space.join("reference.bin"));
     let p = start_proxy_in(&data, None, &[], None).await;
-    let c = aws_sdk_s3::Client::from_conf(
-        p.client()
-            .config()
-            .to_builder()
-            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
-            .build(),
-    );
+    let c = p.client_no_retry();
     assert_eq!(get_status(&c, "integ", "rel/a-1.zip").await, 500);
     let logs = p.proc.logs();
     assert!(

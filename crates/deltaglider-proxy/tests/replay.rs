@@ -5,14 +5,7 @@
 mod common;
 
 use common::*;
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
-
-fn hmac(key: &[u8], msg: &str) -> Vec<u8> {
-    let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
-    m.update(msg.as_bytes());
-    m.finalize().into_bytes().to_vec()
-}
 
 /// A header-signed SigV4 request (path-style, no query), signed once so it can be sent
 /// again byte for byte.
@@ -37,11 +30,7 @@ fn sign(port: u16, method: &str, path: &str, body: &[u8]) -> Signed {
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
         hex::encode(Sha256::digest(canonical.as_bytes()))
     );
-    let k = hmac(format!("AWS4{SK}").as_bytes(), &day);
-    let k = hmac(&k, "us-east-1");
-    let k = hmac(&k, "s3");
-    let k = hmac(&k, "aws4_request");
-    let sig = hex::encode(hmac(&k, &to_sign));
+    let sig = sigv4_signature(&day, &to_sign);
     Signed {
         method: method.parse().unwrap(),
         url: format!("http://{host}{path}"),
@@ -103,12 +92,7 @@ async fn replayed_signed_writes_are_refused_inside_the_window_reads_are_exempt()
     assert_eq!(send(&del).await.0, 403);
 
     // Refusals are visible in the metrics and the audit ring.
-    let m = reqwest::get(format!("{}/_/metrics", p.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = p.metrics().await;
     assert!(
         m.lines().any(
             |l| l.starts_with("deltaglider_auth_failures_total{reason=\"replay\"} ")

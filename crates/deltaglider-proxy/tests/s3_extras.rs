@@ -46,10 +46,6 @@ async fn start(up: Option<&S3sFs>) -> Proxy {
     .await
 }
 
-fn code<E: ProvideErrorMetadata>(e: &E) -> String {
-    e.code().unwrap_or("").to_string()
-}
-
 /// Keys a plain (admin) listing shows under `prefix`.
 async fn keys(c: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
     c.list_objects_v2()
@@ -315,12 +311,7 @@ async fn post_object_suite(p: &Proxy, py: &Path) {
     assert_eq!((s, xml_code(&body)), (403, "QuotaExceeded"), "{body}");
 
     // Metrics count it under operation="post_object".
-    let m = reqwest::get(format!("{}/_/metrics", p.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = p.metrics().await;
     assert!(
         m.lines()
             .any(|l| l.starts_with("deltaglider_http_requests_total")

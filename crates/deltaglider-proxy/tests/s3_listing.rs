@@ -55,12 +55,7 @@ fn expect(objs: &[(&str, &[u8])]) -> BTreeMap<String, (i64, String)> {
 
 /// Sum of a Prometheus counter's samples (0 when absent).
 async fn counter(p: &Proxy, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/_/metrics", p.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = p.metrics().await;
     text.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

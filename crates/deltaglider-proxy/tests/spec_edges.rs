@@ -11,10 +11,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn code<E: aws_sdk_s3::error::ProvideErrorMetadata>(e: &E) -> String {
-    e.code().unwrap_or("").to_string()
-}
-
 /// Headers of a presigned GET (the SDK hides the ones it does not model).
 async fn get_headers(
     c: &aws_sdk_s3::Client,
@@ -78,18 +74,7 @@ storage:
 
 #[tokio::test]
 async fn one_line_behaviours_of_the_s3_surface() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.yaml"), YAML).unwrap();
-    let p = start_proxy_in(
-        dir.path(),
-        None,
-        &[(
-            "DGP_CONFIG",
-            dir.path().join("config.yaml").to_str().unwrap().to_string(),
-        )],
-        None,
-    )
-    .await;
+    let p = start_proxy_with_yaml(YAML, &[]).await;
     let c = p.client();
     for b in ["edge", "strict"] {
         c.create_bucket().bucket(b).send().await.unwrap();
@@ -315,25 +300,19 @@ fn start_up_refuses_unsafe_or_incomplete_configuration() {
 /// kept in the YAML.
 #[tokio::test]
 async fn operator_knobs_take_effect() {
-    let dir = tempfile::tempdir().unwrap();
     let key = "ab".repeat(32);
-    std::fs::write(
-        dir.path().join("config.yaml"),
-        format!("storage:\n  backend_encryption: {{mode: aes256-gcm-proxy, key: \"{key}\"}}\n"),
-    )
-    .unwrap();
     let pw = "knobs-pw";
     let mut env = bootstrap_env(pw);
     env.extend([
-        (
-            "DGP_CONFIG",
-            dir.path().join("config.yaml").to_str().unwrap().to_string(),
-        ),
         ("DGP_AUDIT_RING_SIZE", "3".into()),
         ("DGP_CLOCK_SKEW_SECONDS", "7200".into()),
         ("DGP_CODEC_CONCURRENCY", "3".into()),
     ]);
-    let p = start_proxy_in(dir.path(), None, &env, None).await;
+    let p = start_proxy_with_yaml(
+        &format!("storage:\n  backend_encryption: {{mode: aes256-gcm-proxy, key: \"{key}\"}}\n"),
+        &env,
+    )
+    .await;
     assert!(
         p.proc
             .logs()
@@ -371,12 +350,7 @@ async fn operator_knobs_take_effect() {
         Some(3),
         "{audit}"
     );
-    let m = reqwest::get(format!("{}/_/metrics", p.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = p.metrics().await;
     assert!(
         m.lines()
             .any(|l| l == "deltaglider_codec_semaphore_available 3"),

@@ -70,13 +70,7 @@ async fn a_throttling_upstream_reaches_the_client_as_503_slowdown() {
         ],
     )
     .await;
-    let c = aws_sdk_s3::Client::from_conf(
-        p.client()
-            .config()
-            .to_builder()
-            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
-            .build(),
-    );
+    let c = p.client_no_retry();
     let status_code = |raw: Option<u16>, code: Option<&str>| (raw, code.map(str::to_string));
     let e = c
         .put_object()

@@ -77,6 +77,22 @@ impl Proxy {
         client_for(&self.url(), ak, sk)
     }
 
+    /// The bootstrap client without the SDK's retries, for tests that assert on the first
+    /// answer (a 5xx or a lockout that a retry would hide or change).
+    pub fn client_no_retry(&self) -> Client {
+        no_retry(&self.client())
+    }
+
+    /// The `/_/metrics` exposition text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/_/metrics", self.url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn bucket_dir(&self, bucket: &str) -> PathBuf {
         self.data.join("deltaspaces").join(bucket)
     }
@@ -88,6 +104,18 @@ pub fn proxy_bin() -> PathBuf {
     std::env::var_os("DGP_TEST_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_deltaglider-proxy")))
+}
+
+/// Starts the proxy (filesystem backend, fresh data dir) on a config file with `yaml`;
+/// `extra` env as for [`start_proxy`].
+pub async fn start_proxy_with_yaml(yaml: &str, extra: &[(&str, String)]) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let mut env = vec![("DGP_CONFIG", cfg.to_str().unwrap().to_string())];
+    env.extend(extra.iter().cloned());
+    let data = dir.path().to_path_buf();
+    start_proxy_in(&data, None, &env, Some(dir)).await
 }
 
 /// Starts the proxy with a fresh data dir; `upstream` selects the S3 backend.
@@ -293,4 +321,37 @@ pub async fn create_user(base: &str, cookie: &str, body: Value) -> String {
     .await;
     assert_eq!(s, 201, "{v}");
     v["secret_access_key"].as_str().unwrap().to_string()
+}
+
+/// `c` without the SDK's retries.
+pub fn no_retry(c: &Client) -> Client {
+    Client::from_conf(
+        c.config()
+            .to_builder()
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+            .build(),
+    )
+}
+
+/// The S3 error code of an SDK error ("" when there is none).
+pub fn code<E: aws_sdk_s3::error::ProvideErrorMetadata>(e: &E) -> String {
+    e.code().unwrap_or("").to_string()
+}
+
+/// HMAC-SHA256, for the tests that sign SigV4 by hand.
+pub fn hmac(key: &[u8], msg: &str) -> Vec<u8> {
+    use hmac::Mac as _;
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    m.update(msg.as_bytes());
+    m.finalize().into_bytes().to_vec()
+}
+
+/// The SigV4 signature of `to_sign` with the bootstrap secret, for `day` (YYYYMMDD) in
+/// us-east-1/s3.
+pub fn sigv4_signature(day: &str, to_sign: &str) -> String {
+    let k = hmac(format!("AWS4{SK}").as_bytes(), day);
+    let k = hmac(&k, "us-east-1");
+    let k = hmac(&k, "s3");
+    let k = hmac(&k, "aws4_request");
+    hex::encode(hmac(&k, to_sign))
 }
