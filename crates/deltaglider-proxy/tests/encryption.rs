@@ -83,45 +83,32 @@ async fn proxy_aes_encrypts_at_rest_and_guards_keys() {
     let data = p.data.clone();
     let keep = p.keep.take();
     drop(p);
-    let p2 = start_proxy_in(&data, None, &[("DGP_ENCRYPTION_KEY", KEY2.into())], None).await;
-    let e = p2
-        .client()
-        .get_object()
-        .bucket("enc-bkt")
-        .key("r/data.bin")
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(500));
-    let body =
+    // A GET that must fail with 500, and the error body naming why.
+    async fn refused(p: &Proxy, key: &str) -> String {
+        let e = p
+            .client()
+            .get_object()
+            .bucket("enc-bkt")
+            .key(key)
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.raw_response().map(|r| r.status().as_u16()),
+            Some(500),
+            "{key}"
+        );
         String::from_utf8_lossy(e.raw_response().unwrap().body().bytes().unwrap_or_default())
-            .to_string();
+            .to_string()
+    }
+    let p2 = start_proxy_in(&data, None, &[("DGP_ENCRYPTION_KEY", KEY2.into())], None).await;
+    let body = refused(&p2, "r/data.bin").await;
     assert!(body.contains(&old_id), "{body}");
     drop(p2);
-    // No key at all.
+    // No key at all: the delta and the passthrough object (never served as ciphertext).
     let p3 = start_proxy_in(&data, None, &[], None).await;
-    let e = p3
-        .client()
-        .get_object()
-        .bucket("enc-bkt")
-        .key("r/a-2.zip")
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(500));
-    // A passthrough object too: it is never served as its ciphertext.
-    let e = p3
-        .client()
-        .get_object()
-        .bucket("enc-bkt")
-        .key("r/data.bin")
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(500));
-    let body =
-        String::from_utf8_lossy(e.raw_response().unwrap().body().bytes().unwrap_or_default())
-            .to_string();
+    refused(&p3, "r/a-2.zip").await;
+    let body = refused(&p3, "r/data.bin").await;
     assert!(body.contains("no key is configured"), "{body}");
     drop(p3);
     // Rotation with a legacy shim: old objects read, new writes use the new key.
