@@ -115,6 +115,52 @@ async fn python_cli_and_proxy_read_each_others_objects() {
     cli(&bin, &up.url(), &["s3://interop/cli/v3.zip", &d("v3.out")]);
     assert_eq!(std::fs::read(d("v3.out")).unwrap(), v3);
 
+    // The CLI deltas .tar.gz files with xdelta3 *without* -D, so xdelta3 encodes the
+    // decompressed content and records that the decoder must recompress: the proxy (which
+    // decodes with -D, as the existing proxy does) must fall back for such deltas.
+    let gzip = |text: &[u8]| {
+        use std::io::Write as _;
+        let mut child = Command::new("gzip")
+            .args(["-c", "-n"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("gzip");
+        child.stdin.take().unwrap().write_all(text).unwrap();
+        child.wait_with_output().unwrap().stdout
+    };
+    let text: Vec<u8> = (0..30_000)
+        .flat_map(|i| format!("file-{i}.txt\tcontent line {i}\n").into_bytes())
+        .collect();
+    let mut text2 = text.clone();
+    text2.extend_from_slice(b"one more line\n");
+    let (g1, g2) = (gzip(&text), gzip(&text2));
+    // The CLI keeps the local file name under the destination prefix.
+    std::fs::write(dir.path().join("app-1.tar.gz"), &g1).unwrap();
+    std::fs::write(dir.path().join("app-2.tar.gz"), &g2).unwrap();
+    cli(
+        &bin,
+        &up.url(),
+        &[&d("app-1.tar.gz"), "s3://interop/gz/app-1.tar.gz"],
+    );
+    cli(
+        &bin,
+        &up.url(),
+        &[&d("app-2.tar.gz"), "s3://interop/gz/app-2.tar.gz"],
+    );
+    let raw = up
+        .client()
+        .list_objects_v2()
+        .bucket("interop")
+        .prefix("gz/")
+        .send()
+        .await
+        .unwrap();
+    let phys: Vec<_> = raw.contents().iter().filter_map(|o| o.key()).collect();
+    assert!(phys.contains(&"gz/app-2.tar.gz.delta"), "{phys:?}");
+    assert_eq!(get_bytes(&c, "interop", "gz/app-2.tar.gz").await, g2);
+    assert_eq!(get_bytes(&c, "interop", "gz/app-1.tar.gz").await, g1);
+
     // Proxy writes, CLI reads (delta and passthrough).
     put_bytes(&c, "interop", "px/v1.zip", &v1).await;
     put_bytes(&c, "interop", "px/v2.zip", &v2).await;

@@ -60,12 +60,29 @@ fn armor_flag_works() -> bool {
     ok
 }
 
+/// How a decode treats xdelta3's automatic (de)compression of gzip/xz content.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Recompress {
+    /// `-D`, as everything is encoded here and by the existing proxy at HEAD.
+    Off,
+    /// Without `-D`: for deltas written without it (the Python CLI, the proxy up to
+    /// v0.9.0), whose header asks the decoder to recompress the target it rebuilds.
+    Legacy,
+}
+
 /// Runs `xdelta3` on files in `tmp` with a watchdog.
-async fn run_xdelta(args: &[&std::ffi::OsStr], timeout: Duration) -> Result<(), ProxyError> {
+async fn run_xdelta(
+    args: &[&std::ffi::OsStr],
+    timeout: Duration,
+    recompress: Recompress,
+) -> Result<(), ProxyError> {
     let mut cmd = tokio::process::Command::new("xdelta3");
     let flags = tokio::task::spawn_blocking(common_flags)
         .await
         .map_err(|e| ProxyError::Codec(e.to_string()))?;
+    let flags = flags
+        .iter()
+        .filter(|f| !(recompress == Recompress::Legacy && **f == "-D"));
     cmd.arg(args[0])
         .args(flags)
         .args(&args[1..])
@@ -142,6 +159,7 @@ pub async fn encode(
                     o.as_os_str(),
                 ],
                 timeout,
+                Recompress::Off,
             )
             .await?;
             Ok(tokio::fs::read(&o).await?)
@@ -155,6 +173,7 @@ pub async fn decode(
     reference: Bytes,
     delta: Bytes,
     timeout: Duration,
+    recompress: Recompress,
 ) -> Result<Vec<u8>, ProxyError> {
     match codec {
         Codec::Zstd => tokio::task::spawn_blocking(move || zstd_decode(&reference, &delta))
@@ -184,6 +203,7 @@ pub async fn decode(
                     o.as_os_str(),
                 ],
                 timeout,
+                recompress,
             )
             .await?;
             Ok(tokio::fs::read(&o).await?)
@@ -382,7 +402,14 @@ pub fn zstd_decode(reference: &[u8], delta: &[u8]) -> Result<Vec<u8>, ProxyError
 pub async fn probe_xdelta3() -> Result<(), ProxyError> {
     let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
     let d = encode(Codec::Xdelta3, a.clone(), b, Duration::from_secs(10)).await?;
-    let back = decode(Codec::Xdelta3, a, Bytes::from(d), Duration::from_secs(10)).await?;
+    let back = decode(
+        Codec::Xdelta3,
+        a,
+        Bytes::from(d),
+        Duration::from_secs(10),
+        Recompress::Off,
+    )
+    .await?;
     if back != b"b" {
         return Err(ProxyError::Codec(
             "xdelta3 probe round trip mismatch".into(),

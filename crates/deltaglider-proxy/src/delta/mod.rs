@@ -887,18 +887,28 @@ impl Engine {
             .load_reference(&be, &real, prefix, r.meta.ref_sha256.as_deref())
             .await?;
         let cache_hit = self.cache.stats().hits > cached;
-        let permit = self.codec_permit().await?;
-        let t0 = Instant::now();
-        let out = codec::decode(codec, reference, delta, self.cfg.codec_timeout).await;
-        drop(permit);
-        self.release_gauge();
-        metrics::histogram!("deltaglider_delta_decode_duration_seconds")
-            .record(t0.elapsed().as_secs_f64());
-        let out = Bytes::from(out?);
-        let check = out.clone();
-        let sha = tokio::task::spawn_blocking(move || hex_sha256(&check))
-            .await
-            .map_err(|e| ProxyError::Internal(e.to_string()))?;
+        let first = self
+            .decode_checked(codec, &reference, &delta, codec::Recompress::Off)
+            .await;
+        let right = matches!(&first, Ok((_, sha)) if *sha == r.meta.file_sha256);
+        // A delta written without `-D` (the Python CLI, which deltas .tar.gz/.gz too; the
+        // proxy up to v0.9.0) of a gzip/xz body was encoded against the *decompressed*
+        // reference: under `-D` it fails or rebuilds other bytes, and only comes back right
+        // when xdelta3 may (de)compress. Try that before calling the object corrupt.
+        let (out, sha) = if !right && codec == Codec::Xdelta3 {
+            match self
+                .decode_checked(codec, &reference, &delta, codec::Recompress::Legacy)
+                .await
+            {
+                Ok(legacy) if legacy.1 == r.meta.file_sha256 => {
+                    tracing::debug!(key = %r.physical_key, "delta decoded with xdelta3's automatic (de)compression (written without -D)");
+                    legacy
+                }
+                _ => first?,
+            }
+        } else {
+            first?
+        };
         if sha != r.meta.file_sha256 {
             // Never serve corrupt bytes; the cached reference may be the culprit.
             self.cache.evict(&real, prefix);
@@ -912,6 +922,36 @@ impl Engine {
             None => out,
         };
         Ok((Body::Bytes(body), cache_hit))
+    }
+
+    /// Decodes under a codec permit (timed) and returns the bytes with their SHA-256.
+    async fn decode_checked(
+        &self,
+        codec: Codec,
+        reference: &Bytes,
+        delta: &Bytes,
+        recompress: codec::Recompress,
+    ) -> Result<(Bytes, String), ProxyError> {
+        let permit = self.codec_permit().await?;
+        let t0 = Instant::now();
+        let out = codec::decode(
+            codec,
+            reference.clone(),
+            delta.clone(),
+            self.cfg.codec_timeout,
+            recompress,
+        )
+        .await;
+        drop(permit);
+        self.release_gauge();
+        metrics::histogram!("deltaglider_delta_decode_duration_seconds")
+            .record(t0.elapsed().as_secs_f64());
+        let out = Bytes::from(out?);
+        let check = out.clone();
+        let sha = tokio::task::spawn_blocking(move || hex_sha256(&check))
+            .await
+            .map_err(|e| ProxyError::Internal(e.to_string()))?;
+        Ok((out, sha))
     }
 
     /// Reads a whole object (any stored form) into a spool file of `dst_bucket`'s backend,
