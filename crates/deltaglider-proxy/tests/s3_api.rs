@@ -650,9 +650,9 @@ async fn zstd_codec_round_trips_and_is_recorded() {
     assert_eq!(get_bytes(&p2.client(), "zstd-bkt", "r/a-2.zip").await, v2);
 }
 
-/// gzip bodies under delta-eligible names (a `.dump`, a `.bak`) through the xdelta3 codec
-/// come back byte-identical: the codec runs with `-D`, so xdelta3 does not decompress them
-/// on encode and recompress them on decode (at its own level: other bytes than a `-9`).
+/// gzip bodies under delta-eligible names (a `.dump`) with the xdelta3 codec: stored
+/// passthrough (a compressed stream that xdelta3 would open by itself without `-D` would make
+/// deltas the Python CLI cannot decode), and byte-identical on GET.
 #[tokio::test]
 async fn gzip_bodies_round_trip_byte_identical_through_xdelta3() {
     let p = start_proxy(None, &[("DGP_DELTA_CODEC", "xdelta3".into())]).await;
@@ -680,4 +680,18 @@ async fn gzip_bodies_round_trip_byte_identical_through_xdelta3() {
     put_bytes(&c, "gzb", "dumps/db-2.dump", &v2).await;
     assert_eq!(get_bytes(&c, "gzb", "dumps/db-1.dump").await, v1);
     assert_eq!(get_bytes(&c, "gzb", "dumps/db-2.dump").await, v2);
+    let stored = files_under(&p.bucket_dir("gzb"));
+    assert!(
+        stored
+            .iter()
+            .all(|f| !f.ends_with(".delta") && !f.ends_with("reference.bin")),
+        "{stored:?}"
+    );
+    // The same names with uncompressed content are deltas.
+    put_bytes(&c, "gzb", "plain/db-1.dump", &text).await;
+    put_bytes(&c, "gzb", "plain/db-2.dump", &text2).await;
+    assert!(files_under(&p.bucket_dir("gzb"))
+        .iter()
+        .any(|f| f.ends_with("db-2.dump.delta")));
+    assert_eq!(get_bytes(&c, "gzb", "plain/db-2.dump").await, text2);
 }

@@ -25,6 +25,11 @@ use crate::error::ProxyError;
 use crate::meta::{self, Codec, FileMetadata, Note, DELTA_SUFFIX, REFERENCE_NAME};
 use cache::RefCache;
 
+/// Leading bytes of the compressed formats xdelta3 opens by itself when it runs without
+/// `-D` (gzip, bzip2, compress, xz). See [`Engine::put`] for why such bodies are stored
+/// passthrough under the xdelta3 codec.
+const XDELTA3_AUTO_DECOMPRESSED: &[&[u8]] = &[b"\x1f\x8b", b"BZh", b"\x1f\x9d", b"\xfd7zXZ\x00"];
+
 /// Delta-eligible suffixes (case-insensitive). Whole-stream compressed formats (tgz,
 /// tar.gz/bz2/xz, rar, 7z) are left out, as in the current upstream: they do not delta.
 pub const DELTA_EXTENSIONS: &[&str] = &[
@@ -205,6 +210,29 @@ enum Data {
 }
 
 impl Data {
+    /// The first `n` bytes (fewer if the body is shorter).
+    async fn head(&self, n: usize) -> Result<Vec<u8>, ProxyError> {
+        match self {
+            Data::File(p) => {
+                use tokio::io::AsyncReadExt;
+                let mut f = tokio::fs::File::open(p).await?;
+                let mut buf = vec![0u8; n];
+                let mut got = 0;
+                while got < n {
+                    let k = f.read(&mut buf[got..]).await?;
+                    if k == 0 {
+                        break;
+                    }
+                    got += k;
+                }
+                buf.truncate(got);
+                Ok(buf)
+            }
+            Data::Chunks(c) => Ok(c.iter().flat_map(|b| b.iter().copied()).take(n).collect()),
+            Data::Memory(b) => Ok(b[..n.min(b.len())].to_vec()),
+        }
+    }
+
     /// The bytes in one buffer (reads the file; joins the chunks once).
     async fn whole(&mut self) -> Result<Bytes, ProxyError> {
         match self {
@@ -658,6 +686,18 @@ impl Engine {
         let _guard = self.lock_space(real, prefix).await;
 
         let mut data = up.data;
+        // A compressed body under an eligible name (a `.dump` that is a gzip stream) is stored
+        // passthrough with the xdelta3 codec: the Python CLI decodes without `-D`, so
+        // xdelta3 would decompress such a reference or target behind its back and a delta
+        // made here (with `-D`) would not decode there. Passthrough keeps every object
+        // readable by both tools, and a compressed stream deltas poorly anyway.
+        let eligible = eligible
+            && !(self.cfg.codec == Codec::Xdelta3 && {
+                let head = data.head(6).await?;
+                XDELTA3_AUTO_DECOMPRESSED
+                    .iter()
+                    .any(|m| head.starts_with(m))
+            });
         if eligible {
             let rkey = ref_key(prefix);
             let codec = self.cfg.codec;
