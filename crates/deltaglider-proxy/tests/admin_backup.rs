@@ -90,12 +90,7 @@ async fn backup_exports_and_imports_between_instances() {
     create_user(&a.url(), &ca, victor).await;
 
     // Export: four parts, checksums in the manifest, secrets only in secrets.json.
-    let r = reqwest::Client::new()
-        .get(format!("{}/_/api/admin/backup", a.url()))
-        .header("cookie", &ca)
-        .send()
-        .await
-        .unwrap();
+    let r = admin_get(format!("{}/_/api/admin/backup", a.url()), &ca).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/zip");
     let zip_bytes = r.bytes().await.unwrap().to_vec();
@@ -334,12 +329,8 @@ async fn import_restores_the_bootstrap_password() {
     let yara = json!({"name": "yara", "access_key_id": "YARAK", "secret_access_key": "yara-secret-1234",
                       "permissions": [{"actions": ["*"], "resources": ["*"]}]});
     create_user(&a.url(), &ca, yara).await;
-    let zip_bytes = reqwest::Client::new()
-        .get(format!("{}/_/api/admin/backup", a.url()))
-        .header("cookie", &ca)
-        .send()
+    let zip_bytes = admin_get(format!("{}/_/api/admin/backup", a.url()), &ca)
         .await
-        .unwrap()
         .bytes()
         .await
         .unwrap()
@@ -421,15 +412,13 @@ async fn import_restores_the_bootstrap_password() {
         .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(std::fs::read_to_string(&hash_file).unwrap(), a_hash);
-    let audit: Value = reqwest::Client::new()
-        .get(format!("{}/_/api/admin/audit", b.url()))
-        .header("cookie", &cb)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, audit) = admin_call(
+        Method::GET,
+        format!("{}/_/api/admin/audit", b.url()),
+        &cb,
+        None,
+    )
+    .await;
     assert!(
         audit["entries"]
             .as_array()

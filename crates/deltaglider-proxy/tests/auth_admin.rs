@@ -377,15 +377,13 @@ async fn auth_iam_public_prefixes_and_admin_surface() {
     );
     assert_eq!(admin_login_response(&base, "nope").await.status(), 401);
     let cookie = admin_login(&base, "s3cret-admin").await;
-    let audit: serde_json::Value = http
-        .get(format!("{base}/_/api/admin/audit?limit=500"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, audit) = admin_call(
+        reqwest::Method::GET,
+        format!("{base}/_/api/admin/audit?limit=500"),
+        &cookie,
+        None,
+    )
+    .await;
     let entries = audit["entries"].as_array().unwrap();
     assert!(
         entries.iter().any(|e| e["user"] == "alice"

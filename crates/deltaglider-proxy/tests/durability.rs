@@ -634,15 +634,13 @@ async fn admin_created_users_survive_restart() {
     assert_eq!(get_bytes(&hank, B, "erin/a.txt").await, b"hello");
     // The admin API lists the reloaded users (secrets redacted).
     let cookie = admin_login(&base, "s3cret-admin").await;
-    let users: serde_json::Value = http
-        .get(format!("{base}/_/api/admin/users"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, users) = admin_call(
+        reqwest::Method::GET,
+        format!("{base}/_/api/admin/users"),
+        &cookie,
+        None,
+    )
+    .await;
     let mut names: Vec<&str> = users["users"]
         .as_array()
         .unwrap()

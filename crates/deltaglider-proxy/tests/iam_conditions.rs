@@ -96,21 +96,7 @@ async fn conditions_gate_requests_by_source_address_and_list_prefix() {
     let http = reqwest::Client::new();
     let presigned = |ak: &'static str, sk: &'static str| {
         let c = p.client_as(ak, sk);
-        async move {
-            c.get_object()
-                .bucket("logs")
-                .key("alice/a.txt")
-                .presigned(
-                    aws_sdk_s3::presigning::PresigningConfig::expires_in(
-                        std::time::Duration::from_secs(300),
-                    )
-                    .unwrap(),
-                )
-                .await
-                .unwrap()
-                .uri()
-                .to_string()
-        }
+        async move { presigned_get(&c, "logs", "alice/a.txt").await }
     };
     let via_branch = |url: String| {
         let http = http.clone();

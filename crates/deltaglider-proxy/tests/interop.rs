@@ -118,23 +118,12 @@ async fn python_cli_and_proxy_read_each_others_objects() {
     // The CLI deltas .tar.gz files with xdelta3 *without* -D, so xdelta3 encodes the
     // decompressed content and records that the decoder must recompress: the proxy (which
     // decodes with -D, as the existing proxy does) must fall back for such deltas.
-    let gzip = |text: &[u8]| {
-        use std::io::Write as _;
-        let mut child = Command::new("gzip")
-            .args(["-c", "-n"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("gzip");
-        child.stdin.take().unwrap().write_all(text).unwrap();
-        child.wait_with_output().unwrap().stdout
-    };
     let text: Vec<u8> = (0..30_000)
         .flat_map(|i| format!("file-{i}.txt\tcontent line {i}\n").into_bytes())
         .collect();
     let mut text2 = text.clone();
     text2.extend_from_slice(b"one more line\n");
-    let (g1, g2) = (gzip(&text), gzip(&text2));
+    let (g1, g2) = (gzip(&text, "-6"), gzip(&text2, "-6"));
     // The CLI keeps the local file name under the destination prefix.
     std::fs::write(dir.path().join("app-1.tar.gz"), &g1).unwrap();
     std::fs::write(dir.path().join("app-2.tar.gz"), &g2).unwrap();

@@ -353,15 +353,14 @@ async fn replication_deletes_and_state_across_restarts() {
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["ok"], ok, "{v}");
     }
-    let export = http
-        .get(format!("{base}/_/api/admin/config/export?section=storage"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let export = admin_get(
+        format!("{base}/_/api/admin/config/export?section=storage"),
+        &cookie,
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
     assert_eq!(
         export.matches("replicate_deletes: true").count(),
         1,

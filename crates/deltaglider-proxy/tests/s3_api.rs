@@ -56,20 +56,7 @@ async fn list_keys(c: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<(S
 /// error too), and `Accept-Ranges: bytes` on GET/HEAD.
 async fn response_headers(p: &Proxy, c: &aws_sdk_s3::Client) {
     put_bytes(c, B, "hdr/h.txt", b"headers").await;
-    let url = c
-        .get_object()
-        .bucket(B)
-        .key("hdr/h.txt")
-        .presigned(
-            aws_sdk_s3::presigning::PresigningConfig::expires_in(std::time::Duration::from_secs(
-                300,
-            ))
-            .unwrap(),
-        )
-        .await
-        .unwrap()
-        .uri()
-        .to_string();
+    let url = presigned_get(c, B, "hdr/h.txt").await;
     let http = reqwest::Client::new();
     let ok = http.get(&url).send().await.unwrap();
     let denied = http
@@ -658,23 +645,12 @@ async fn gzip_bodies_round_trip_byte_identical_through_xdelta3() {
     let p = start_proxy(None, &[("DGP_DELTA_CODEC", "xdelta3".into())]).await;
     let c = p.client();
     c.create_bucket().bucket("gzb").send().await.unwrap();
-    let gzip = |text: &[u8]| {
-        use std::io::Write as _;
-        let mut child = std::process::Command::new("gzip")
-            .args(["-c", "-n", "-9"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("gzip");
-        child.stdin.take().unwrap().write_all(text).unwrap();
-        child.wait_with_output().unwrap().stdout
-    };
     let text: Vec<u8> = (0..20_000)
         .flat_map(|i| format!("INSERT INTO t VALUES ({i}, 'row {i}');\n").into_bytes())
         .collect();
     let mut text2 = text.clone();
     text2.extend_from_slice(b"INSERT INTO t VALUES (-1, 'late');\n");
-    let (v1, v2) = (gzip(&text), gzip(&text2));
+    let (v1, v2) = (gzip(&text, "-9"), gzip(&text2, "-9"));
     assert_eq!(&v1[..2], &[0x1f, 0x8b]);
     put_bytes(&c, "gzb", "dumps/db-1.dump", &v1).await;
     put_bytes(&c, "gzb", "dumps/db-2.dump", &v2).await;

@@ -17,17 +17,7 @@ async fn get_headers(
     bucket: &str,
     key: &str,
 ) -> reqwest::header::HeaderMap {
-    let url = c
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .presigned(
-            aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(300)).unwrap(),
-        )
-        .await
-        .unwrap()
-        .uri()
-        .to_string();
+    let url = presigned_get(c, bucket, key).await;
     let r = reqwest::get(url).await.unwrap();
     assert_eq!(r.status(), 200);
     r.headers().clone()

@@ -310,6 +310,46 @@ pub async fn admin_call(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// GET of an admin route with the session cookie: the raw response, for bodies that are not
+/// JSON (a backup zip, a YAML export) or headers the test checks.
+pub async fn admin_get(url: String, cookie: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A presigned GET URL (5 minutes) for `bucket/key`, signed by `c`: for tests that need the
+/// raw HTTP response (headers the SDK does not model, extra request headers).
+pub async fn presigned_get(c: &Client, bucket: &str, key: &str) -> String {
+    c.get_object()
+        .bucket(bucket)
+        .key(key)
+        .presigned(
+            aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(300)).unwrap(),
+        )
+        .await
+        .unwrap()
+        .uri()
+        .to_string()
+}
+
+/// `data` through the `gzip` CLI (`-c -n`, at `level`): real gzip streams for the tests of
+/// compressed bodies.
+pub fn gzip(data: &[u8], level: &str) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("gzip")
+        .args(["-c", "-n", level])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    child.wait_with_output().unwrap().stdout
+}
+
 /// Creates an IAM user through the admin API (must answer 201); returns its secret key.
 pub async fn create_user(base: &str, cookie: &str, body: Value) -> String {
     let (s, v) = admin_call(
