@@ -210,17 +210,23 @@ async fn admin_api_refuses_a_user_with_an_unsupported_condition() {
     let p = start_proxy(None, &bootstrap_env(pw)).await;
     let base = p.url();
     let cookie = admin_login(&base, pw).await;
-    let (status, body) = admin_call(
-        reqwest::Method::POST,
-        format!("{base}/_/api/admin/users"),
-        &cookie,
-        Some(serde_json::json!({
-            "name": "carol", "access_key_id": "CAROLAK", "secret_access_key": "CAROLSECRET",
-            "permissions": [{"actions": ["read"], "resources": ["b/*"],
-                             "conditions": {"Bool": {"aws:SecureTransport": "true"}}}]
-        })),
-    )
-    .await;
+    // Creates carol with one read permission under `conditions`.
+    let create = |conditions: serde_json::Value| {
+        let (base, cookie) = (base.clone(), cookie.clone());
+        async move {
+            admin_call(
+                reqwest::Method::POST,
+                format!("{base}/_/api/admin/users"),
+                &cookie,
+                Some(serde_json::json!({
+                    "name": "carol", "access_key_id": "CAROLAK", "secret_access_key": "CAROLSECRET",
+                    "permissions": [{"actions": ["read"], "resources": ["b/*"], "conditions": conditions}]
+                })),
+            )
+            .await
+        }
+    };
+    let (status, body) = create(serde_json::json!({"Bool": {"aws:SecureTransport": "true"}})).await;
     assert_eq!(status, 422, "{body}");
     assert!(
         body["error"]
@@ -229,17 +235,8 @@ async fn admin_api_refuses_a_user_with_an_unsupported_condition() {
         "{body}"
     );
     // The same user with a supported condition is created, and its condition is kept.
-    let (status, body) = admin_call(
-        reqwest::Method::POST,
-        format!("{base}/_/api/admin/users"),
-        &cookie,
-        Some(serde_json::json!({
-            "name": "carol", "access_key_id": "CAROLAK", "secret_access_key": "CAROLSECRET",
-            "permissions": [{"actions": ["read"], "resources": ["b/*"],
-                             "conditions": {"IpAddress": {"aws:SourceIp": "127.0.0.1"}}}]
-        })),
-    )
-    .await;
+    let (status, body) =
+        create(serde_json::json!({"IpAddress": {"aws:SourceIp": "127.0.0.1"}})).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(
         body["permissions"][0]["conditions"]["IpAddress"]["aws:SourceIp"], "127.0.0.1",

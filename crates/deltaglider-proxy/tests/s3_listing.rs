@@ -175,29 +175,6 @@ async fn listing_sizes_stay_right_with_the_metadata_cache() {
     assert_eq!(counter(&p, HITS).await, 0.0);
 }
 
-/// Keeps the raw body of the response it sees (the SDK's parser drops elements it does not
-/// know, such as MinIO's `<UserMetadata>`).
-#[derive(Debug, Clone, Default)]
-struct RawBody(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl aws_smithy_runtime_api::client::interceptors::Intercept for RawBody {
-    fn name(&self) -> &'static str {
-        "RawBody"
-    }
-
-    fn read_after_deserialization(
-        &self,
-        ctx: &aws_smithy_runtime_api::client::interceptors::context::AfterDeserializationInterceptorContextRef<'_>,
-        _rc: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
-        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
-    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-        if let Some(b) = ctx.response().body().bytes() {
-            *self.0.lock().unwrap() = b.to_vec();
-        }
-        Ok(())
-    }
-}
-
 /// ListObjectsV2 with MinIO's `metadata=true` (a signed request, on both backends): every
 /// key carries `<UserMetadata>` with its content type, its user metadata and the echoed
 /// `dg-*` fields, a delta under its original's digest; without the parameter nothing changes.
@@ -225,7 +202,7 @@ async fn list_v2_metadata_true_returns_each_keys_metadata() {
                 .await
                 .unwrap();
         }
-        let raw = RawBody::default();
+        let raw = RawResponse::default();
         let out = c
             .list_objects_v2()
             .bucket("mdl")
@@ -240,7 +217,7 @@ async fn list_v2_metadata_true_returns_each_keys_metadata() {
             .await
             .unwrap();
         assert_eq!(out.contents().len(), 3);
-        let xml = String::from_utf8(raw.0.lock().unwrap().clone()).unwrap();
+        let xml = raw.body_text();
         let contents: Vec<&str> = xml.split("<Contents>").skip(1).collect();
         assert_eq!(contents.len(), 3, "{xml}");
         let sha = |b: &[u8]| {
@@ -286,7 +263,7 @@ async fn list_v2_metadata_true_returns_each_keys_metadata() {
             contents[1]
         );
 
-        let plain = RawBody::default();
+        let plain = RawResponse::default();
         c.list_objects_v2()
             .bucket("mdl")
             .customize()
@@ -294,7 +271,7 @@ async fn list_v2_metadata_true_returns_each_keys_metadata() {
             .send()
             .await
             .unwrap();
-        let xml = String::from_utf8(plain.0.lock().unwrap().clone()).unwrap();
+        let xml = plain.body_text();
         assert!(
             xml.contains("<Key>r/a.zip</Key>") && !xml.contains("UserMetadata"),
             "{xml}"

@@ -23,30 +23,6 @@ async fn get_headers(
     r.headers().clone()
 }
 
-/// Keeps the response's `x-amz-meta-dg-list-filtered` header.
-#[derive(Debug, Clone, Default)]
-struct FilteredHeader(std::sync::Arc<std::sync::Mutex<Option<String>>>);
-
-impl aws_smithy_runtime_api::client::interceptors::Intercept for FilteredHeader {
-    fn name(&self) -> &'static str {
-        "FilteredHeader"
-    }
-
-    fn read_before_deserialization(
-        &self,
-        ctx: &aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextRef<'_>,
-        _rc: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
-        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
-    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-        *self.0.lock().unwrap() = ctx
-            .response()
-            .headers()
-            .get("x-amz-meta-dg-list-filtered")
-            .map(str::to_string);
-        Ok(())
-    }
-}
-
 const YAML: &str = r#"
 access:
   iam_mode: declarative
@@ -169,7 +145,7 @@ async fn one_line_behaviours_of_the_s3_surface() {
     // A LIST filtered by IAM scope says so; an unfiltered one does not.
     put_bytes(&c, "edge", "mine/a.txt", b"a").await;
     let list = |client: aws_sdk_s3::Client| async move {
-        let hdr = FilteredHeader::default();
+        let hdr = RawResponse::default();
         let out = client
             .list_objects_v2()
             .bucket("edge")
@@ -183,7 +159,7 @@ async fn one_line_behaviours_of_the_s3_surface() {
             .iter()
             .filter_map(|o| o.key().map(str::to_string))
             .collect();
-        let flag = hdr.0.lock().unwrap().clone();
+        let flag = hdr.header("x-amz-meta-dg-list-filtered");
         (keys, flag)
     };
     let (keys, flag) = list(p.client_as("SCOPEDAK", "SCOPEDSECRET")).await;

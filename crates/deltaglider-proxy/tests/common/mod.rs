@@ -395,3 +395,48 @@ pub fn sigv4_signature(day: &str, to_sign: &str) -> String {
     let k = hmac(&k, "aws4_request");
     hex::encode(hmac(&k, to_sign))
 }
+
+/// An SDK interceptor that keeps the raw headers and body of the response it sees, for what
+/// the SDK's parser does not model (MinIO's `<UserMetadata>`, `x-amz-meta-dg-list-filtered`).
+#[derive(Debug, Clone, Default)]
+pub struct RawResponse(std::sync::Arc<std::sync::Mutex<(http::HeaderMap, Vec<u8>)>>);
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<String> {
+        let g = self.0.lock().unwrap();
+        g.0.get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().1.clone()).unwrap()
+    }
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for RawResponse {
+    fn name(&self) -> &'static str {
+        "RawResponse"
+    }
+
+    fn read_after_deserialization(
+        &self,
+        ctx: &aws_smithy_runtime_api::client::interceptors::context::AfterDeserializationInterceptorContextRef<'_>,
+        _rc: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let r = ctx.response();
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in r.headers() {
+            if let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                http::HeaderValue::from_str(v),
+            ) {
+                headers.append(k, v);
+            }
+        }
+        let body = r.body().bytes().map(<[u8]>::to_vec).unwrap_or_default();
+        *self.0.lock().unwrap() = (headers, body);
+        Ok(())
+    }
+}
