@@ -685,13 +685,6 @@ pub struct Admission {
     pub allow_anonymous: bool,
 }
 
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 /// The S3 error code shown with a reject status.
 fn reject_code(status: u16) -> &'static str {
     match status {
@@ -706,8 +699,8 @@ fn reject_code(status: u16) -> &'static str {
 fn s3_error(status: u16, code: &str, message: &str, resource: &str) -> Response {
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{}</Message><Resource>{}</Resource><RequestId>{}</RequestId></Error>",
-        xml_escape(message),
-        xml_escape(resource),
+        crate::s3::xml_escape(message),
+        crate::s3::xml_escape(resource),
         uuid::Uuid::new_v4()
     );
     let mut r = Response::new(axum::body::Body::from(body));
@@ -735,10 +728,12 @@ pub async fn enforce(
     let signed = carries_credentials(&req);
     // An address locked out after repeated SigV4 failures gets SlowDown for any signed
     // request until the lockout ends (anonymous public reads are not authentication).
-    let ip_key = ip
-        .map(|i| i.to_string())
-        .unwrap_or_else(|| "unknown".into());
-    if signed && st.sigv4_limiter.locked(&ip_key) {
+    // Only signed requests are counted, so only they pay for the key.
+    let ip_key = signed.then(|| {
+        ip.map(|i| i.to_string())
+            .unwrap_or_else(|| "unknown".into())
+    });
+    if ip_key.as_ref().is_some_and(|k| st.sigv4_limiter.locked(k)) {
         metrics::counter!("deltaglider_auth_failures_total", "reason" => "rate_limited")
             .increment(1);
         return s3_error(
@@ -783,10 +778,13 @@ pub async fn enforce(
         source_ip: ip,
         allow_anonymous: action == Some(BlockAction::AllowAnonymous),
     });
+    let Some(ip_key) = ip_key else {
+        return next.run(req).await;
+    };
     let outcome = crate::s3::auth::AuthOutcome::default();
     req.extensions_mut().insert(outcome.clone());
     let resp = next.run(req).await;
-    if signed && resp.status() == http::StatusCode::FORBIDDEN && !outcome.verified() {
+    if resp.status() == http::StatusCode::FORBIDDEN && !outcome.verified() {
         st.sigv4_limiter.failure(&st, &ip_key);
     }
     resp

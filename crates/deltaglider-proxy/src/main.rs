@@ -75,12 +75,17 @@ fn main() {
     }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
-    // The pool is sized before the runtime exists, so the file is read here for
-    // `advanced.blocking_threads` (a file that does not load is reported by `serve`).
+    // The pool is sized before the runtime exists, so `serve` reads the file here for
+    // `advanced.blocking_threads` (a file that does not load is reported by `serve`); the
+    // operator tools and the bench do not need a sized pool.
+    let serving = matches!(cli.cmd, None | Some(Cmd::Serve));
     let blocking = std::env::var("DGP_BLOCKING_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .or_else(|| {
+            if !serving {
+                return None;
+            }
             let path = deltaglider_proxy::config::find_config_file()?;
             deltaglider_proxy::config::load_file(&path)
                 .ok()?

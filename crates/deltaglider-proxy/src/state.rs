@@ -58,10 +58,7 @@ impl AppState {
                     && self.admission.read().anonymous_may_read(bucket, key, *ip)
             }
             Principal::User(u, ip) => {
-                let cx = RequestContext {
-                    source_ip: *ip,
-                    prefix: None,
-                };
+                let cx = RequestContext::new(*ip, None);
                 self.iam.evaluate(u, action, bucket, key, &cx) == Decision::Allow
             }
         }
@@ -74,10 +71,7 @@ impl AppState {
             Principal::Open => true,
             Principal::Anonymous(ip) => self.admission.read().anonymous_may_read(bucket, key, *ip),
             Principal::User(u, ip) => {
-                let cx = RequestContext {
-                    source_ip: *ip,
-                    prefix: Some(list_prefix),
-                };
+                let cx = RequestContext::new(*ip, Some(list_prefix));
                 self.iam.evaluate(u, Action::List, bucket, key, &cx) == Decision::Allow
                     || self.iam.evaluate(u, Action::Read, bucket, key, &cx) == Decision::Allow
             }
@@ -91,10 +85,7 @@ impl AppState {
             Principal::Open => true,
             Principal::Anonymous(ip) => self.admission.read().anonymous_may_list(bucket, "", *ip),
             Principal::User(u, ip) => {
-                let cx = RequestContext {
-                    source_ip: *ip,
-                    prefix: list_prefix,
-                };
+                let cx = RequestContext::new(*ip, list_prefix);
                 self.iam.may_list_bucket(u, bucket, &cx)
             }
         }

@@ -46,6 +46,12 @@ pub struct RequestContext<'a> {
     pub prefix: Option<&'a str>,
 }
 
+impl<'a> RequestContext<'a> {
+    pub fn new(source_ip: Option<IpAddr>, prefix: Option<&'a str>) -> Self {
+        RequestContext { source_ip, prefix }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Test {
     Equals,

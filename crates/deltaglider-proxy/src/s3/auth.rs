@@ -155,13 +155,6 @@ pub struct Access(pub Arc<AppState>);
 /// The longest presigned URL lifetime S3 accepts.
 const MAX_PRESIGNED_EXPIRY_SECS: u64 = 7 * 24 * 3600;
 
-/// A query parameter of the request, decoded.
-fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(uri.query()?.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
 fn header(cx: &S3AccessContext<'_>, name: &str) -> String {
     cx.headers()
         .get(name)
@@ -226,7 +219,7 @@ impl S3Access for Access {
         };
         // Presigned URLs live at most 7 days, as on S3 (s3s checks only that the URL's own
         // X-Amz-Expires has not passed).
-        if let Some(secs) = query_param(cx.uri(), "X-Amz-Expires") {
+        if let Some(secs) = super::query_param(cx.uri(), "X-Amz-Expires") {
             if secs
                 .parse::<u64>()
                 .map_or(true, |s| s > MAX_PRESIGNED_EXPIRY_SECS)
@@ -264,7 +257,7 @@ impl S3Access for Access {
         let action = Action::of_op(op);
         // `s3:prefix` exists for the listing operations only ("" when the request has none).
         let list_prefix = matches!(op, "ListObjects" | "ListObjectsV2")
-            .then(|| query_param(cx.uri(), "prefix").unwrap_or_default());
+            .then(|| super::query_param(cx.uri(), "prefix").unwrap_or_default());
         let ok = match (op, cx.s3_path()) {
             (_, S3Path::Root) => true,
             // The key of a browser form upload is a form field the access layer cannot see:

@@ -14,7 +14,7 @@ use http::HeaderValue;
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result};
 
-use super::{etag, perr, ts, visible_metadata, Proxy};
+use super::{etag, perr, query_param, ts, visible_metadata, xml_escape, Proxy};
 use crate::delta::ListPage;
 use crate::s3::auth::Principal;
 
@@ -58,10 +58,8 @@ pub(super) async fn list_objects_v2(
     req: S3Request<ListObjectsV2Input>,
 ) -> S3Result<S3Response<ListObjectsV2Output>> {
     let principal = Proxy::principal(&req);
-    let with_metadata = req.uri.query().is_some_and(|q| {
-        url::form_urlencoded::parse(q.as_bytes())
-            .any(|(k, v)| k == "metadata" && v.eq_ignore_ascii_case("true"))
-    });
+    let with_metadata =
+        query_param(&req.uri, "metadata").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let i = req.input;
     let prefix = i.prefix.clone().unwrap_or_default();
     // Continuation tokens are user-visible keys; the later of token and start-after wins.
@@ -169,28 +167,11 @@ pub fn inject_metadata(xml: &str, meta: &ListedMetadata) -> String {
                 out.push_str(&format!("<{k}>{}</{k}>", xml_escape(v)));
             }
         }
-        out.push_str("</UserMetadata>");
-        rest = &rest[at..];
-        out.push_str("</Contents>");
-        rest = &rest["</Contents>".len()..];
+        out.push_str("</UserMetadata></Contents>");
+        rest = &rest[at + "</Contents>".len()..];
     }
     out.push_str(rest);
     out
-}
-
-fn xml_escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&apos;"),
-            c => o.push(c),
-        }
-    }
-    o
 }
 
 /// One page of the keys `principal` may see; the flag says whether any key was hidden.

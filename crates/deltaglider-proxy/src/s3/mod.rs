@@ -118,6 +118,22 @@ fn check_copy_source_conditions(
     })
 }
 
+/// A query parameter of a request, decoded.
+pub(crate) fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(uri.query()?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Text for an XML element or attribute (S3 error bodies, listing extensions).
+pub(crate) fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
 /// Client-visible metadata: user metadata plus the echoed `dg-*` fields.
 fn visible_metadata(r: &Resolved) -> Metadata {
     let mut m: Metadata = Default::default();
