@@ -215,17 +215,12 @@ impl Data {
         match self {
             Data::File(p) => {
                 use tokio::io::AsyncReadExt;
-                let mut f = tokio::fs::File::open(p).await?;
-                let mut buf = vec![0u8; n];
-                let mut got = 0;
-                while got < n {
-                    let k = f.read(&mut buf[got..]).await?;
-                    if k == 0 {
-                        break;
-                    }
-                    got += k;
-                }
-                buf.truncate(got);
+                let mut buf = Vec::with_capacity(n);
+                tokio::fs::File::open(p)
+                    .await?
+                    .take(n as u64)
+                    .read_to_end(&mut buf)
+                    .await?;
                 Ok(buf)
             }
             Data::Chunks(c) => Ok(c.iter().flat_map(|b| b.iter().copied()).take(n).collect()),
